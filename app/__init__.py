@@ -1,0 +1,1 @@
+"""ws-ingest: WebSocket feeds in, JSON envelopes out, inside a Bytewax dataflow."""

@@ -1,0 +1,148 @@
+"""`python -m app`: settings -> logging -> HTTP endpoints -> run the dataflow.
+
+The only module with side effects. Scaling flags and variables are Bytewax's own (`-w`, `-i`,
+`-a`; BYTEWAX_WORKERS_PER_PROCESS, BYTEWAX_PROCESS_ID, BYTEWAX_ADDRESSES, and the hostfile and
+StatefulSet variables); the dataflow runs under Bytewax's runner, `cli_main`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from types import FrameType
+
+import structlog
+from bytewax.run import cli_main
+
+from app.errors import ConfigError, IngestError
+from app.flow import build_flow
+from app.http import start_http_server
+from app.logs import configure_logging
+from app.settings import Settings, load_settings
+from app.status import ConnectionStatus
+from app.transform import Transform, load_transform
+
+EPOCH_INTERVAL = timedelta(seconds=10)
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """Where this process stands in a Bytewax cluster (a single process by default)."""
+
+    workers: int
+    process_id: int | None = None
+    addresses: list[str] | None = None
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m app", description=__doc__.splitlines()[0])
+    parser.add_argument("--check-config", action="store_true",
+                        help="validate the configuration, print it with secrets masked, exit")
+    parser.add_argument("-w", "--workers-per-process", type=int,
+                        help="Bytewax workers in this process (default: "
+                             "BYTEWAX_WORKERS_PER_PROCESS, else INGEST_WORKERS)")
+    parser.add_argument("-i", "--process-id", type=int,
+                        help="this process's index in the cluster (BYTEWAX_PROCESS_ID)")
+    parser.add_argument("-a", "--addresses",
+                        help="host:port of every process, ';'-separated (BYTEWAX_ADDRESSES)")
+    return parser.parse_args(argv)
+
+
+def resolve_cluster(args: argparse.Namespace, settings: Settings,
+                    env: Mapping[str, str]) -> Cluster:
+    """Flags first, then Bytewax's variables (as `python -m bytewax.run` reads them)."""
+    workers = args.workers_per_process or int(env.get("BYTEWAX_WORKERS_PER_PROCESS", 0)) \
+        or settings.workers
+    process_id = args.process_id
+    if process_id is None and env.get("BYTEWAX_PROCESS_ID"):
+        process_id = int(env["BYTEWAX_PROCESS_ID"])
+    if process_id is None and "BYTEWAX_POD_NAME" in env and "BYTEWAX_STATEFULSET_NAME" in env:
+        pod, statefulset = env["BYTEWAX_POD_NAME"], env["BYTEWAX_STATEFULSET_NAME"]
+        process_id = int(pod.removeprefix(statefulset + "-"))
+    addresses = args.addresses or env.get("BYTEWAX_ADDRESSES")
+    if process_id is not None and not addresses and "BYTEWAX_HOSTFILE_PATH" in env:
+        with open(env["BYTEWAX_HOSTFILE_PATH"]) as hostfile:
+            addresses = ";".join(line.strip() for line in hostfile if line.strip())
+    if process_id is not None and not addresses:
+        raise ConfigError(["BYTEWAX_ADDRESSES: required when a process id is given"])
+    if process_id is None:
+        return Cluster(workers)
+    return Cluster(workers, process_id, addresses.split(";") if addresses else None)
+
+
+def install_signal_handlers(stopping: threading.Event) -> None:
+    """SIGTERM or SIGINT: stop reading and flush (the flow winds down); a second one: abort."""
+    log = structlog.get_logger("app")
+
+    def handle(signum: int, _frame: FrameType | None) -> None:
+        if stopping.is_set():
+            raise KeyboardInterrupt
+        log.info("stopping", signal=signal.Signals(signum).name)
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+
+
+def _configure(argv: list[str] | None) -> tuple[argparse.Namespace, Settings, Transform | None,
+                                                 Cluster]:
+    args = parse_args(argv)
+    settings = load_settings()
+    transform = load_transform(settings.transform)
+    return args, settings, transform, resolve_cluster(args, settings, os.environ)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args, settings, transform, cluster = _configure(argv)
+    except ConfigError as error:
+        for problem in error.problems:
+            print(problem, file=sys.stderr)
+        return 2
+    if args.check_config:
+        print(json.dumps({**settings.masked(), "cluster": cluster.__dict__}, indent=2))
+        return 0
+
+    configure_logging(settings.log_level, settings.log_format)
+    log = structlog.get_logger("app")
+    stopping = threading.Event()
+    install_signal_handlers(stopping)
+    status = ConnectionStatus()
+    port = settings.metrics_port + (cluster.process_id or 0)
+    try:
+        server = start_http_server(settings.metrics_host, port, status)
+    except OSError as exc:
+        print(f"INGEST_METRICS_PORT: cannot listen on {settings.metrics_host}:{port} ({exc})",
+              file=sys.stderr)
+        return 2
+    flow = build_flow(settings, transform, status, stopping)
+    log.info("starting", feeds=[feed.name for feed in settings.feeds], metrics_port=port,
+             **cluster.__dict__)
+    status.running = True
+    try:
+        cli_main(flow, workers_per_process=cluster.workers, process_id=cluster.process_id,
+                 addresses=cluster.addresses, epoch_interval=EPOCH_INTERVAL)
+    except KeyboardInterrupt:
+        log.warning("aborted")
+    except IngestError as error:
+        log.error("failed", error=str(error))
+        return 1
+    except Exception as error:  # Bytewax wraps what a step raised; say what and stop
+        log.error("failed", error=str(error), exc_info=True)
+        return 1
+    finally:
+        status.running = False
+        server.shutdown()
+    log.info("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

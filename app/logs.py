@@ -1,0 +1,72 @@
+"""structlog configuration: one pipeline for our events and the standard library's (websockets).
+
+Console rendering on a terminal, JSON lines otherwise (INGEST_LOG_FORMAT). Logs go to stdout.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+import structlog
+
+
+def configure_logging(level: str = "info", fmt: str = "auto") -> None:
+    """Configure structlog and route `logging` through the same processors and renderer."""
+    if fmt == "auto":
+        fmt = "console" if sys.stdout.isatty() else "json"
+    shared: list[structlog.typing.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    renderer: structlog.typing.Processor = (
+        structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer()
+    )
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info if fmt == "json" else _identity,
+            renderer,
+        ],
+    ))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # websockets logs every failed handshake and keepalive timeout at INFO/ERROR with a
+    # traceback; our own connect/disconnect events already say the same with context.
+    logging.getLogger("websockets").setLevel(max(logging.WARNING, root.level))
+
+
+def _identity(_logger: object, _name: str, event: dict) -> dict:
+    return event
+
+
+class RateLimiter:
+    """Allows one event per key per `interval` seconds and counts what it held back."""
+
+    def __init__(self, interval: float = 10.0, clock=time.monotonic) -> None:
+        self._interval = interval
+        self._clock = clock
+        self._last: dict[object, float] = {}
+        self._suppressed: dict[object, int] = {}
+
+    def allow(self, key: object) -> int | None:
+        """None to stay quiet; else the number of events suppressed since the last one."""
+        now = self._clock()
+        last = self._last.get(key)
+        if last is not None and now - last < self._interval:
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+            return None
+        self._last[key] = now
+        return self._suppressed.pop(key, 0)

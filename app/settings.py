@@ -1,0 +1,230 @@
+"""The one Settings class: every INGEST_* variable, validated before anything starts.
+
+Build it once in the entry point with `load_settings()` and pass it down; nothing else reads the
+environment. Header values are `SecretStr`, so they print masked everywhere.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from app.errors import ConfigError
+
+ENV_PREFIX = "INGEST_"
+
+
+def _check_ws_url(url: str) -> str:
+    if not url.startswith(("ws://", "wss://")):
+        raise ValueError("must start with ws:// or wss://")
+    if not urlsplit(url).hostname:
+        raise ValueError("has no host")
+    return url
+
+
+def _parse_json(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"not valid JSON ({exc.msg} at position {exc.pos})") from None
+    return value
+
+
+def mask_url(url: str) -> str:
+    """The URL with any password in it replaced by ***, for logs and --check-config."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+
+
+def derive_name(url: str) -> str:
+    """A feed's default name: host[:port] and path, e.g. `stream.example.com/ws/btc`."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return (host + parts.path).rstrip("/")
+
+
+class FeedSettings(BaseModel):
+    """One upstream feed, an item of INGEST_SOURCES."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = ""
+    url: str
+    headers: dict[str, SecretStr] = Field(default_factory=dict)
+    subscribe: list[Any] = Field(default_factory=list)
+    subprotocols: list[str] = Field(default_factory=list)
+    ping_interval: float = Field(20, gt=0)
+    ping_timeout: float = Field(20, gt=0)
+    open_timeout: float = Field(10, gt=0)
+    idle_timeout: float = Field(0, ge=0)
+    max_message_bytes: int = Field(1_048_576, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _ws_url(cls, value: str) -> str:
+        return _check_ws_url(value)
+
+    @model_validator(mode="after")
+    def _default_name(self) -> FeedSettings:
+        if not self.name:
+            self.name = derive_name(self.url)
+        return self
+
+    def subscribe_messages(self) -> list[str]:
+        """The subscribe messages as sent: objects and lists as JSON text, strings as they are."""
+        return [m if isinstance(m, str) else json.dumps(m, separators=(",", ":"))
+                for m in self.subscribe]
+
+
+class Settings(BaseSettings):
+    """Every INGEST_* environment variable (also read from a `.env` file)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_file=".env", extra="ignore", validate_default=True
+    )
+
+    sources: Annotated[list[FeedSettings], NoDecode] = Field(default_factory=list)
+    source_urls: Annotated[list[FeedSettings], NoDecode] = Field(default_factory=list)
+    sink_url: str
+    sink_headers: Annotated[dict[str, SecretStr], NoDecode] = Field(default_factory=dict)
+    sink_framing: Literal["message", "batch"] = "message"
+    sink_confirm: Literal["ping", "none"] = "ping"
+    batch_size: int = Field(1000, ge=1)
+    batch_timeout_ms: int = Field(10, ge=1)
+    payload: Literal["json", "text"] = "json"
+    transform: str | None = None
+    on_invalid: Literal["drop", "dead-letter", "fail"] = "drop"
+    dead_letter_url: str | None = None
+    reconnect_min_ms: int = Field(100, ge=1)
+    reconnect_max_ms: int = Field(30_000, ge=1)
+    shutdown_timeout_ms: int = Field(5_000, ge=0)
+    metrics_host: str = "0.0.0.0"
+    metrics_port: int = Field(9108, ge=0, le=65535)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "console", "auto"] = "auto"
+    workers: int = Field(1, ge=1)
+
+    @field_validator("sources", mode="before")
+    @classmethod
+    def _sources_json(cls, value: Any) -> Any:
+        value = _parse_json(value)
+        if value in ("", None):
+            return []
+        return value
+
+    @field_validator("source_urls", mode="before")
+    @classmethod
+    def _split_urls(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [{"url": url.strip()} for url in value.split(",") if url.strip()]
+        return value
+
+    @field_validator("sink_headers", mode="before")
+    @classmethod
+    def _headers_json(cls, value: Any) -> Any:
+        return _parse_json(value) or {}
+
+    @field_validator("sink_url", "dead_letter_url")
+    @classmethod
+    def _ws_url(cls, value: str | None) -> str | None:
+        return None if value is None else _check_ws_url(value)
+
+    @field_validator("log_level", "log_format", "payload", "on_invalid", "sink_framing",
+                     "sink_confirm", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("transform")
+    @classmethod
+    def _transform_path(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        module, _, function = value.strip().partition(":")
+        if not module or not function:
+            raise ValueError("must be package.module:function")
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        problems = []
+        if not self.feeds:
+            problems.append("INGEST_SOURCES or INGEST_SOURCE_URLS: at least one feed is required")
+        seen: set[str] = set()
+        for feed in self.feeds:
+            if feed.name in seen:
+                problems.append(f"INGEST_SOURCES: duplicate feed name {feed.name!r}")
+            seen.add(feed.name)
+        if self.on_invalid == "dead-letter" and not self.dead_letter_url:
+            problems.append("INGEST_DEAD_LETTER_URL: required when INGEST_ON_INVALID=dead-letter")
+        if self.reconnect_min_ms > self.reconnect_max_ms:
+            problems.append("INGEST_RECONNECT_MIN_MS: must not exceed INGEST_RECONNECT_MAX_MS")
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    @property
+    def feeds(self) -> list[FeedSettings]:
+        """Every feed, from INGEST_SOURCES then INGEST_SOURCE_URLS."""
+        return [*self.sources, *self.source_urls]
+
+    def masked(self) -> dict[str, Any]:
+        """The effective configuration, secrets masked, as --check-config prints it."""
+        data = self.model_dump(mode="json", exclude={"sources", "source_urls"})
+        data["feeds"] = [feed.model_dump(mode="json") for feed in self.feeds]
+        for item in (data, *data["feeds"]):
+            for key in ("url", "sink_url", "dead_letter_url"):
+                if item.get(key):
+                    item[key] = mask_url(item[key])
+        return data
+
+
+def _variable(loc: tuple[int | str, ...]) -> str:
+    """INGEST_SOURCES[0].url for ('sources', 0, 'url')."""
+    if not loc:
+        return ""
+    head, *rest = loc
+    name = ENV_PREFIX + str(head).upper()
+    for part in rest:
+        name += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return name
+
+
+def _problems(error: ValidationError) -> list[str]:
+    lines = []
+    for item in error.errors():
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "missing":
+            message = "required"
+        where = _variable(item["loc"])
+        # Consistency checks already name their variables, one per line.
+        lines.extend(message.splitlines() if not where else [f"{where}: {message}"])
+    return lines
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment (and .env), or ConfigError listing every problem."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as error:
+        raise ConfigError(_problems(error)) from None

@@ -1,0 +1,220 @@
+"""WebSocket sink: one persistent outbound connection per worker.
+
+Each partition runs its own event loop in a thread of its own, for as long as the partition
+lives: the connection is bound to that loop, and the loop keeps answering the server's pings and
+noticing closes while no data flows (a loop run only inside `write_batch` would not).
+`write_batch` hands the batch to that loop and waits for the result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from websockets.asyncio.client import ClientConnection
+from websockets.protocol import State
+
+from app import metrics
+from app.backoff import RESET_AFTER_S, backoff
+from app.envelope import Encoded
+from app.logs import RateLimiter
+from app.settings import mask_url
+from app.status import ConnectionStatus
+from app.wsconn import describe_close, open_connection
+
+WAIT_STEP_S = 0.25
+
+
+@dataclass(frozen=True)
+class SinkOptions:
+    url: str
+    headers: dict[str, str]
+    framing: str  # "message" | "batch"
+    confirm: str  # "ping" | "none"
+    reconnect_min_s: float
+    reconnect_max_s: float
+    shutdown_timeout_s: float
+    ping_interval_s: float = 20.0
+    ping_timeout_s: float = 20.0
+
+
+class ShutdownTimeout(Exception):
+    """The sink was still unreachable when the shutdown grace period ran out."""
+
+
+def frames_for(messages: list[bytes], framing: str) -> list[bytes]:
+    """The text frames to send: one per message, or one JSON array for the whole batch."""
+    if framing == "batch":
+        return [b"[" + b",".join(messages) + b"]"]
+    return messages
+
+
+class _SinkConnection:
+    """Lives in the partition's loop: keeps one connection open and writes through it."""
+
+    def __init__(self, options: SinkOptions, status: ConnectionStatus, status_key: str,
+                 stopping: threading.Event, log: structlog.typing.FilteringBoundLogger) -> None:
+        self._options = options
+        self._status = status
+        self._status_key = status_key
+        self._stopping = stopping
+        self._log = log
+        self._ws: ClientConnection | None = None
+        self._changed = asyncio.Condition()
+        self._keeper: asyncio.Task[None] | None = None
+        self._quiet = RateLimiter()
+
+    def start(self) -> None:
+        self._keeper = asyncio.get_running_loop().create_task(self._keep_open())
+
+    async def _keep_open(self) -> None:
+        options = self._options
+        delays = backoff(options.reconnect_min_s, options.reconnect_max_s)
+        while True:
+            opened_at = None
+            try:
+                async with open_connection(
+                    options.url, additional_headers=options.headers,
+                    ping_interval=options.ping_interval_s, ping_timeout=options.ping_timeout_s,
+                ) as ws:
+                    opened_at = time.monotonic()
+                    await self._publish(ws)
+                    self._log.info("sink_connected")
+                    await ws.wait_closed()
+                    raise ws.protocol.close_exc
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # every failure is a reason to reconnect
+                if opened_at is not None:
+                    self._log.warning("sink_disconnected", **describe_close(exc))
+                elif (suppressed := self._quiet.allow(repr(exc))) is not None:
+                    self._log.warning("sink_connect_failed", suppressed=suppressed,
+                                      **describe_close(exc))
+            finally:
+                self._status.set_sink(self._status_key, False)
+            if opened_at is not None and time.monotonic() - opened_at >= RESET_AFTER_S:
+                delays = backoff(options.reconnect_min_s, options.reconnect_max_s)
+            await asyncio.sleep(next(delays))
+
+    async def _publish(self, ws: ClientConnection) -> None:
+        async with self._changed:
+            self._ws = ws
+            self._changed.notify_all()
+        self._status.set_sink(self._status_key, True)
+
+    async def _open_connection(self, stop_deadline: list[float]) -> ClientConnection:
+        """The open connection, waiting for one; ShutdownTimeout once stopping lasts too long."""
+        def usable() -> bool:
+            return self._ws is not None and self._ws.state is State.OPEN
+
+        async with self._changed:
+            while not usable():
+                if self._stopping.is_set():
+                    if not stop_deadline:
+                        stop_deadline.append(time.monotonic() + self._options.shutdown_timeout_s)
+                    if time.monotonic() >= stop_deadline[0]:
+                        raise ShutdownTimeout
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._changed.wait_for(usable), WAIT_STEP_S)
+        assert self._ws is not None
+        return self._ws
+
+    async def write(self, frames: list[bytes]) -> None:
+        """Return once every frame is written (and confirmed, with ping); resend on failure."""
+        confirm = self._options.confirm == "ping"
+        sent = 0
+        stop_deadline: list[float] = []
+        while True:
+            ws = await self._open_connection(stop_deadline)
+            try:
+                for frame in frames[sent:]:
+                    await ws.send(frame, text=True)
+                    if not confirm:
+                        sent += 1
+                if confirm:
+                    pong = await ws.ping()
+                    await asyncio.wait_for(pong, self._options.ping_timeout_s)
+                return
+            except Exception as exc:
+                # With confirm=ping nothing of the batch is known to have arrived: resend it all.
+                sent = 0 if confirm else sent
+                metrics.sink_retries.inc()
+                self._log.warning("sink_write_failed", unsent=len(frames) - sent,
+                                  **describe_close(exc))
+                if ws.state is State.OPEN:  # a pong that never came: the connection is unusable
+                    await ws.close(code=1011, reason="ping timeout")
+                await ws.wait_closed()
+
+    async def close(self) -> None:
+        """Stop reconnecting and close the connection with code 1000."""
+        if self._keeper is not None:
+            self._keeper.cancel()
+            await asyncio.gather(self._keeper, return_exceptions=True)
+
+
+class _SinkPartition(StatelessSinkPartition[Encoded]):
+    def __init__(self, options: SinkOptions, status: ConnectionStatus, stopping: threading.Event,
+                 on_written: Callable[[list[Encoded], float], None], name: str,
+                 worker_index: int) -> None:
+        self._framing = options.framing
+        self._on_written = on_written
+        self._log = structlog.get_logger(f"app.{name}").bind(
+            url=mask_url(options.url), worker=worker_index)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name=f"{name}-{worker_index}", daemon=True)
+        self._thread.start()
+        self._connection = _SinkConnection(
+            options, status, f"{name}-{worker_index}", stopping, self._log)
+        self._loop.call_soon_threadsafe(self._connection.start)
+
+    def _run(self, coroutine) -> None:  # type: ignore[no-untyped-def]
+        asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    def write_batch(self, items: list[Encoded]) -> None:
+        messages = [message for item in items for message in item.messages]
+        if not messages:
+            return
+        started = time.perf_counter()
+        try:
+            self._run(self._connection.write(frames_for(messages, self._framing)))
+        except ShutdownTimeout:
+            # Nothing more can be done: say exactly what did not reach the sink.
+            self._log.error("sink_unsent_at_shutdown", messages=len(messages))
+            return
+        finished = time.time()
+        metrics.sink_write_seconds.observe(time.perf_counter() - started)
+        self._on_written(items, finished)
+
+    def close(self) -> None:
+        self._run(self._connection.close())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+
+class WebSocketSink(DynamicSink[Encoded]):
+    """Writes serialised envelopes to one outbound WebSocket, one connection per worker.
+
+    Delivery: `write_batch` returns only after every frame of the batch was written to an open
+    connection (and, with confirm=ping, a ping sent after them was answered); on failure it
+    waits for a new connection and resends what was not confirmed, so a retry may repeat
+    frames (`source` + `seq` identify them). While the sink is down, the worker does not read on.
+
+    Order: the dataflow has no exchange step, so a feed's chunks stay on the worker that read
+    them and reach this worker's connection in order: per-feed order holds with any number of
+    workers and processes.
+    """
+
+    def __init__(self, options: SinkOptions, status: ConnectionStatus, stopping: threading.Event,
+                 on_written: Callable[[list[Encoded], float], None], name: str = "sink") -> None:
+        self._args = (options, status, stopping, on_written, name)
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _SinkPartition:
+        return _SinkPartition(*self._args, worker_index)

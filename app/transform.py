@@ -1,0 +1,47 @@
+"""The user hook of INGEST_TRANSFORM: loading it (the only I/O here) and applying it (pure)."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+from app.errors import ConfigError
+
+Envelope = dict[str, Any]
+Transform = Callable[[Envelope], "Envelope | list[Envelope] | None"]
+
+
+def load_transform(path: str | None) -> Transform | None:
+    """Import `package.module:function`; any failure is a ConfigError naming INGEST_TRANSFORM."""
+    if path is None:
+        return None
+    module_name, _, attribute = path.partition(":")
+    try:
+        target: Any = importlib.import_module(module_name)
+        for part in attribute.split("."):
+            target = getattr(target, part)
+    except Exception as exc:  # an import runs arbitrary code: report whatever it raised
+        raise ConfigError([f"INGEST_TRANSFORM: cannot load {path!r} ({exc!r})"]) from None
+    if not callable(target):
+        raise ConfigError([f"INGEST_TRANSFORM: {path!r} is not callable"])
+    return target
+
+
+class TransformError(Exception):
+    """The hook raised, or returned something other than a dict, a list of dicts or None."""
+
+
+def apply_transform(transform: Transform, envelope: Envelope) -> list[Envelope]:
+    """The envelopes to forward: [] when the hook drops the message."""
+    try:
+        result = transform(envelope)
+    except Exception as exc:
+        raise TransformError(f"raised {exc!r}") from exc
+    if result is None:
+        return []
+    if isinstance(result, dict):
+        return [result]
+    if isinstance(result, list) and all(isinstance(item, dict) for item in result):
+        return result
+    raise TransformError(f"returned {type(result).__name__}, expected dict, list of dicts or None")

@@ -1,0 +1,179 @@
+"""Real WebSocket peers for the tests: feeds and sinks on 127.0.0.1, each in its own loop thread."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+
+Handler = Callable[[ServerConnection], Awaitable[None]]
+
+
+class LoopThread:
+    """An asyncio loop running in a daemon thread; `call` runs a coroutine in it."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+
+    def call(self, coroutine: Awaitable[Any], timeout: float = 10) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+
+
+class WsServer:
+    """A websockets server on 127.0.0.1 that can be stopped and started again on its port."""
+
+    def __init__(self, handler: Handler, port: int = 0, **options: Any) -> None:
+        self._handler = handler
+        self._options = options
+        self._thread = LoopThread()
+        self._server: Server | None = None
+        self.port = port
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        async def start() -> Server:
+            return await serve(self._handler, "127.0.0.1", self.port, **self._options)
+
+        self._server = self._thread.call(start())
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    def stop(self, close_connections: bool = True) -> None:
+        """Stop listening; close open connections (code 1001) unless told not to."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+
+        async def stop() -> None:
+            server.close(close_connections=close_connections)
+            await server.wait_closed()
+
+        self._thread.call(stop(), timeout=15)
+
+    def close(self) -> None:
+        self.stop()
+        self._thread.stop()
+
+
+class Sink:
+    """A sink server recording every envelope it receives, and how each connection closed."""
+
+    def __init__(self, port: int = 0, **options: Any) -> None:
+        self.messages: list[dict[str, Any]] = []
+        self.raw_frames: list[str] = []
+        self.close_codes: list[int | None] = []
+        self.connections = 0
+        self._lock = threading.Lock()
+        self.server = WsServer(self._handle, port, **options)
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        with self._lock:
+            self.connections += 1
+        try:
+            async for frame in ws:
+                assert isinstance(frame, str), "the service must send text frames"
+                decoded = json.loads(frame)
+                with self._lock:
+                    self.raw_frames.append(frame)
+                    self.messages.extend(decoded if isinstance(decoded, list) else [decoded])
+        except ConnectionClosed:
+            pass
+        with self._lock:
+            self.close_codes.append(ws.close_code)
+
+    def by_source(self) -> dict[str, list[int]]:
+        """seq numbers received per source, in arrival order."""
+        result: dict[str, list[int]] = {}
+        with self._lock:
+            for message in self.messages:
+                result.setdefault(message["source"], []).append(message["seq"])
+        return result
+
+    def wait_for(self, predicate: Callable[[Sink], bool], timeout: float = 20) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if predicate(self):
+                    return True
+            time.sleep(0.05)
+        with self._lock:
+            return predicate(self)
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def tick(feed: str, n: int) -> str:
+    """A small market-data-like JSON message."""
+    return json.dumps({"feed": feed, "n": n, "price": 100 + n % 50, "size": 0.5})
+
+
+def feed_handler(
+    count: int,
+    *,
+    name: str = "feed",
+    interval: float = 0.0,
+    require_subscribe: str | None = None,
+    require_header: tuple[str, str] | None = None,
+    drop_every: int = 0,
+    sent: list[int] | None = None,
+) -> Handler:
+    """A feed sending `count` ticks in total across connections, numbered 1..count.
+
+    `drop_every`: abort the TCP connection (no close frame) after that many ticks on it.
+    `sent` collects the tick numbers that were written while a connection was open.
+    """
+    state = {"next": 1}
+
+    async def handle(ws: ServerConnection) -> None:
+        if require_header:
+            header, value = require_header
+            if ws.request.headers.get(header) != value:
+                await ws.close(4001, "missing header")
+                return
+        if require_subscribe is not None:
+            first = await ws.recv()
+            if first != require_subscribe:
+                await ws.close(4002, "bad subscribe")
+                return
+        on_this_connection = 0
+        try:
+            while state["next"] <= count:
+                n = state["next"]
+                await ws.send(tick(name, n))
+                state["next"] += 1
+                on_this_connection += 1
+                if sent is not None:
+                    sent.append(n)
+                if drop_every and on_this_connection >= drop_every:
+                    await asyncio.sleep(0.05)  # let the last ones leave before the abort
+                    ws.transport.abort()
+                    return
+                if interval:
+                    await asyncio.sleep(interval)
+                elif n % 100 == 0:
+                    await asyncio.sleep(0)
+            await ws.wait_closed()
+        except ConnectionClosed:
+            pass
+
+    return handle

@@ -1,0 +1,118 @@
+"""Running `python -m app` as an operator would: a subprocess configured by environment."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_get(url: str, timeout: float = 5) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+class Service:
+    """One `python -m app` process; its output goes to files so it never blocks on a pipe."""
+
+    def __init__(self, env: dict[str, str], args: tuple[str, ...] = (), cwd: Path | None = None):
+        self.port = int(env.get("INGEST_METRICS_PORT") or free_port())
+        full_env = {k: v for k, v in os.environ.items()
+                    if not k.startswith(("INGEST_", "BYTEWAX_"))}
+        full_env.update({
+            "INGEST_METRICS_HOST": "127.0.0.1",
+            "INGEST_METRICS_PORT": str(self.port),
+            "INGEST_LOG_FORMAT": "json",
+            "INGEST_RECONNECT_MIN_MS": "50",
+            "INGEST_RECONNECT_MAX_MS": "500",
+            "PYTHONPATH": str(ROOT),
+            **env,
+        })
+        # Closed in close(): they outlive this method.
+        self._out = tempfile.NamedTemporaryFile(prefix="ingest-out-", delete=False)  # noqa: SIM115
+        self._err = tempfile.NamedTemporaryFile(prefix="ingest-err-", delete=False)  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "app", *args], env=full_env, cwd=cwd or ROOT,
+            stdout=self._out, stderr=self._err, stdin=subprocess.DEVNULL)
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stdout(self) -> str:
+        return Path(self._out.name).read_text()
+
+    def stderr(self) -> str:
+        return Path(self._err.name).read_text()
+
+    def logs(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.stdout().splitlines() if line.startswith("{")]
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        return http_get(self.base + path)
+
+    def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        """Every sample as {(name, sorted labels): value}."""
+        status, body = self.get("/metrics")
+        assert status == 200
+        samples = {}
+        for family in text_string_to_metric_families(body.decode()):
+            for sample in family.samples:
+                samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+        return samples
+
+    def metric(self, name: str, **labels: str) -> float | None:
+        return self.metrics().get((name, tuple(sorted(labels.items()))))
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, f"service exited:\n{self.stderr()}{self.stdout()}"
+            try:
+                if self.get("/readyz")[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"not ready in {timeout}s: {self.get('/readyz')}\n{self.stdout()}")
+
+    def terminate(self, timeout: float = 10) -> int:
+        """SIGTERM, then the exit status (killed and failed if it takes longer than `timeout`)."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise AssertionError(f"no exit {timeout}s after SIGTERM:\n{self.stdout()}") from None
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        for f in (self._out, self._err):
+            f.close()
+            os.unlink(f.name)
