@@ -99,6 +99,16 @@ def _configure(argv: list[str] | None) -> tuple[argparse.Namespace, Settings, Tr
     return args, settings, transform, resolve_cluster(args, settings, os.environ)
 
 
+def _ingest_error(error: BaseException) -> IngestError | None:
+    """Our own error behind Bytewax's wrapping of an exception raised in a step, if any."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, IngestError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args, settings, transform, cluster = _configure(argv)
@@ -131,11 +141,12 @@ def main(argv: list[str] | None = None) -> int:
                  addresses=cluster.addresses, epoch_interval=EPOCH_INTERVAL)
     except KeyboardInterrupt:
         log.warning("aborted")
-    except IngestError as error:
-        log.error("failed", error=str(error))
-        return 1
-    except Exception as error:  # Bytewax wraps what a step raised; say what and stop
-        log.error("failed", error=str(error), exc_info=True)
+    except Exception as error:
+        cause = _ingest_error(error)
+        if cause is not None:
+            log.error("failed", error=str(cause))
+        else:
+            log.error("failed", error=str(error), exc_info=True)
         return 1
     finally:
         status.running = False

@@ -73,7 +73,10 @@ class WsServer:
 class Sink:
     """A sink server recording every envelope it receives, and how each connection closed."""
 
-    def __init__(self, port: int = 0, **options: Any) -> None:
+    def __init__(self, port: int = 0, cut_after: int = 0, **options: Any) -> None:
+        """`cut_after`: on the first connection, stop reading after that many envelopes and
+        abort the TCP connection half a second later."""
+        self._cut_after = cut_after
         self.messages: list[dict[str, Any]] = []
         self.raw_frames: list[str] = []
         self.close_codes: list[int | None] = []
@@ -95,6 +98,15 @@ class Sink:
                 with self._lock:
                     self.raw_frames.append(frame)
                     self.messages.extend(decoded if isinstance(decoded, list) else [decoded])
+                    cut = self.connections == 1 and len(self.messages) == self._cut_after
+                if cut:
+                    # Stop reading from the network (for good: websockets' own flow control
+                    # must not resume it): frames still in the kernel's buffers, and the ping
+                    # after them, never reach this stack. Frames the stack already parsed are
+                    # still consumed below. Then the TCP connection dies.
+                    ws.transport.pause_reading()
+                    ws.transport.resume_reading = lambda: None  # type: ignore[method-assign]
+                    asyncio.get_running_loop().call_later(0.5, ws.transport.abort)
         except ConnectionClosed:
             pass
         with self._lock:
@@ -139,6 +151,7 @@ def feed_handler(
 ) -> Handler:
     """A feed sending `count` ticks in total across connections, numbered 1..count.
 
+    `interval`: seconds between ticks, kept on average (asyncio's sleeps are coarser).
     `drop_every`: abort the TCP connection (no close frame) after that many ticks on it.
     `sent` collects the tick numbers that were written while a connection was open.
     """
@@ -156,6 +169,7 @@ def feed_handler(
                 await ws.close(4002, "bad subscribe")
                 return
         on_this_connection = 0
+        started = time.monotonic()
         try:
             while state["next"] <= count:
                 n = state["next"]
@@ -168,12 +182,30 @@ def feed_handler(
                     await asyncio.sleep(0.05)  # let the last ones leave before the abort
                     ws.transport.abort()
                     return
-                if interval:
-                    await asyncio.sleep(interval)
-                elif n % 100 == 0:
+                if interval:  # on schedule: sleep only when ahead of it
+                    ahead = started + on_this_connection * interval - time.monotonic()
+                    if ahead > 0:
+                        await asyncio.sleep(ahead)
+                if n % 100 == 0:
                     await asyncio.sleep(0)
             await ws.wait_closed()
         except ConnectionClosed:
             pass
+
+    return handle
+
+
+def script_handler(frames: list[str | bytes], close_codes: list[int | None] | None = None) -> Handler:
+    """A feed sending exactly these frames once per connection, then waiting for the close."""
+
+    async def handle(ws: ServerConnection) -> None:
+        try:
+            for frame in frames:
+                await ws.send(frame)
+            await ws.wait_closed()
+        except ConnectionClosed:
+            pass
+        if close_codes is not None:
+            close_codes.append(ws.close_code)
 
     return handle
