@@ -195,7 +195,9 @@ def feed_handler(
     return handle
 
 
-def script_handler(frames: list[str | bytes], close_codes: list[int | None] | None = None) -> Handler:
+def script_handler(
+    frames: list[str | bytes], close_codes: list[int | None] | None = None
+) -> Handler:
     """A feed sending exactly these frames once per connection, then waiting for the close."""
 
     async def handle(ws: ServerConnection) -> None:
