@@ -114,8 +114,7 @@ class _FeedReader:
             additional_headers={k: v.get_secret_value() for k, v in feed.headers.items()},
             subprotocols=feed.subprotocols or None,  # type: ignore[arg-type]
             open_timeout=feed.open_timeout,
-            ping_interval=feed.ping_interval,
-            ping_timeout=feed.ping_timeout,
+            ping_interval=None,  # see _keepalive
             max_size=FRAME_LIMIT_FACTOR * feed.max_message_bytes,
         )
 
@@ -131,8 +130,10 @@ class _FeedReader:
         recv, decode = ws.recv, self._decode
         batch_size, now = self._options.batch_size, time.time
         self._last_frame_at = now()
-        watchdog = (asyncio.get_running_loop().create_task(self._watch_idle(ws))
-                    if self._feed.idle_timeout else None)
+        loop = asyncio.get_running_loop()
+        helpers = [loop.create_task(self._keepalive(ws))]
+        if self._feed.idle_timeout:
+            helpers.append(loop.create_task(self._watch_idle(ws)))
         try:
             while True:
                 if len(self._pending) >= batch_size:
@@ -144,8 +145,28 @@ class _FeedReader:
                 self._pending.append(Frame(self._seq, received_at, payload, payload_size(payload)))
                 self._has_data.set()
         finally:
-            if watchdog is not None:
-                watchdog.cancel()
+            for helper in helpers:
+                helper.cancel()
+
+    async def _keepalive(self, ws: ClientConnection) -> None:
+        """Ping every ping_interval; no pong within ping_timeout: fail the connection at once.
+
+        websockets' own keepalive would then wait close_timeout more for a closing handshake
+        from a peer that has stopped answering; failing at once keeps the promise that
+        ingest_source_up drops within ping_interval + ping_timeout.
+        """
+        feed = self._feed
+        while True:
+            await asyncio.sleep(feed.ping_interval)
+            try:
+                await asyncio.wait_for(await ws.ping(), feed.ping_timeout)
+            except ConnectionClosed:
+                return  # the reader sees it too, and reconnects
+            except asyncio.TimeoutError:
+                self._log.warning("source_ping_timeout", ping_timeout_s=feed.ping_timeout)
+                ws.protocol.fail(1011, "keepalive ping timeout")
+                ws.transport.abort()
+                return
 
     async def _watch_idle(self, ws: ClientConnection) -> None:
         idle = self._feed.idle_timeout

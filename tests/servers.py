@@ -211,3 +211,17 @@ def script_handler(
             close_codes.append(ws.close_code)
 
     return handle
+
+
+def deaf_handler(after: int = 5) -> Handler:
+    """A feed that sends `after` ticks, then stops reading its socket (so answers no ping) while
+    keeping the TCP connection open."""
+
+    async def handle(ws: ServerConnection) -> None:
+        for n in range(1, after + 1):
+            await ws.send(tick("deaf", n))
+        ws.transport.pause_reading()
+        ws.transport.resume_reading = lambda: None  # type: ignore[method-assign]
+        await ws.wait_closed()
+
+    return handle
