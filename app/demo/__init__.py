@@ -1,0 +1,1 @@
+"""Demo peers for `docker compose up`: a market-data feed and a receiver."""
