@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # Build stage: a virtualenv with the dependencies (cached apart from the code), then the app.
 FROM python:3.12-slim AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1

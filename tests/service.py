@@ -39,6 +39,8 @@ class Service:
 
     def __init__(self, env: dict[str, str], args: tuple[str, ...] = (), cwd: Path | None = None):
         self.port = int(env.get("INGEST_METRICS_PORT") or free_port())
+        env.setdefault("INGEST_METRICS_PORT", str(self.port))
+        self.port += int(env.get("BYTEWAX_PROCESS_ID") or 0)  # process i serves on port + i
         full_env = {k: v for k, v in os.environ.items()
                     if not k.startswith(("INGEST_", "BYTEWAX_"))}
         full_env.update({

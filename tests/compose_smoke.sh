@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Compose smoke test: `docker compose up` as a newcomer runs it, on this machine's local engine.
+# Checks that every service turns healthy, envelopes reach the receiver, Prometheus scrapes the
+# service, the image runs as non-root without a compiler, and `stop` ends the service with 0.
+# Cleans up (compose down -v, engine stop) also on failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SHARED=${SHARED:-$(cd .. && pwd)/shared}
+ENGINE=$SHARED/docker/engine.sh
+COMPOSE=$SHARED/docker/compose.sh
+export COMPOSE_PROJECT_NAME=wsingest
+IMAGE=ws-ingest:local
+
+say() { echo "compose-smoke: $*"; }
+fail() { say "FAILED: $*"; "$COMPOSE" ps || true; "$COMPOSE" logs --tail=40 || true; exit 1; }
+
+eval "$("$ENGINE" start)"
+cleanup() {
+  "$COMPOSE" --profile cluster down -v --remove-orphans >/dev/null 2>&1 || true
+  "$ENGINE" stop || true
+}
+trap cleanup EXIT
+
+say "docker compose up -d --build"
+"$COMPOSE" up -d --build
+
+container() { "$COMPOSE" ps -q "$1"; }
+health() { docker inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}}' "$(container "$1")"; }
+
+for service in feed receiver ingest prometheus; do
+  for _ in $(seq 120); do
+    [ "$(health "$service")" = healthy ] && break
+    sleep 1
+  done
+  [ "$(health "$service")" = healthy ] || fail "$service is $(health "$service")"
+  say "$service healthy"
+done
+
+# Polls a check written in Python until it passes (60 s at most).
+check() {
+  local name=$1 code=$2
+  for _ in $(seq 60); do
+    if python3 -c "$code" 2>/dev/null; then say "ok: $name"; return 0; fi
+    sleep 1
+  done
+  python3 -c "$code" || fail "$name"
+}
+
+check "the receiver got envelopes from every demo feed" '
+import json, urllib.request
+counts = json.load(urllib.request.urlopen("http://127.0.0.1:8766/counts", timeout=3))
+assert set(counts["last"]) == {"source", "seq", "received_at", "data"}, counts["last"]
+assert all(counts["sources"].get(s, {}).get("count", 0) > 0 for s in ("alpha", "beta", "gamma")), counts
+print(json.dumps(counts["sources"]))
+'
+check "Prometheus has ingest_messages_received_total > 0 for the demo feed" '
+import json, urllib.parse, urllib.request
+q = urllib.parse.quote("ingest_messages_received_total{source=\"alpha\"} > 0")
+result = json.load(urllib.request.urlopen("http://127.0.0.1:9090/api/v1/query?query=" + q, timeout=3))
+assert result["data"]["result"], result
+print(result["data"]["result"][0]["value"])
+'
+
+uid=$(docker run --rm --network none --entrypoint id "$IMAGE" -u)
+[ "$uid" != 0 ] || fail "the image runs as root"
+say "ok: the image runs as uid $uid"
+compilers=$(docker run --rm --network none --entrypoint sh "$IMAGE" -c \
+  'for c in gcc cc c++ g++ clang tcc make; do command -v $c; done; true')
+[ -z "$compilers" ] || fail "compilers in the image: $compilers"
+say "ok: no compiler in the image"
+
+say "docker compose --profile cluster up -d"
+"$COMPOSE" --profile cluster up -d
+for service in ingest-0 ingest-1; do
+  for _ in $(seq 120); do
+    [ "$(health "$service")" = healthy ] && break
+    sleep 1
+  done
+  [ "$(health "$service")" = healthy ] || fail "$service is $(health "$service")"
+  say "$service healthy"
+done
+check "Prometheus sees the six cluster feeds, each up on exactly one process" '
+import json, urllib.parse, urllib.request
+q = urllib.parse.quote("sum by (source) (ingest_source_up{job=\"ingest-cluster\"})")
+result = json.load(urllib.request.urlopen("http://127.0.0.1:9090/api/v1/query?query=" + q, timeout=3))
+up = {r["metric"]["source"]: float(r["value"][1]) for r in result["data"]["result"]}
+assert len(up) == 6 and set(up.values()) == {1.0}, up
+q = urllib.parse.quote("count by (instance) (ingest_source_up{job=\"ingest-cluster\"})")
+result = json.load(urllib.request.urlopen("http://127.0.0.1:9090/api/v1/query?query=" + q, timeout=3))
+per_process = {r["metric"]["instance"]: int(r["value"][1]) for r in result["data"]["result"]}
+assert len(per_process) == 2, per_process
+print(up, per_process)
+'
+cluster_ids="$(container ingest-0) $(container ingest-1)"
+"$COMPOSE" --profile cluster stop ingest-0 ingest-1
+for cid in $cluster_ids; do
+  code=$(docker inspect -f '{{.State.ExitCode}}' "$cid")
+  [ "$code" = 0 ] || fail "compose stop of the cluster: exit code $code"
+done
+say "ok: compose stop of the cluster -> exit codes 0"
+
+id=$(container ingest)
+"$COMPOSE" stop ingest
+code=$(docker inspect -f '{{.State.ExitCode}}' "$id")
+[ "$code" = 0 ] || fail "compose stop ingest: exit code $code"
+docker logs "$id" 2>&1 | grep -q '"event": "stopped"' || fail "no 'stopped' log line"
+say "ok: compose stop ingest -> exit code 0"
+say "passed"

@@ -1,0 +1,55 @@
+"""Issue 6's acceptance: two processes x two workers as one Bytewax cluster on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import signal
+
+from tests.servers import feed_handler
+from tests.service import free_port
+
+
+def test_two_processes_share_six_feeds_in_order(sink, servers, service):
+    n = 1500
+    feed_codes: list[int | None] = []
+
+    def recording(name: str):
+        handler = feed_handler(n, name=name, interval=0.0005)
+
+        async def handle(ws):
+            await handler(ws)
+            feed_codes.append(ws.close_code)
+
+        return handle
+
+    names = [f"c{i}" for i in range(6)]
+    feeds = [servers(recording(name)) for name in names]
+    sources = [{"name": name, "url": feed.url} for name, feed in zip(names, feeds, strict=True)]
+    addresses = f"127.0.0.1:{free_port()};127.0.0.1:{free_port()}"
+    base_port = free_port()
+    env = {"INGEST_SOURCES": json.dumps(sources), "INGEST_SINK_URL": sink.url,
+           "INGEST_METRICS_PORT": str(base_port), "BYTEWAX_ADDRESSES": addresses,
+           "INGEST_WORKERS": "2"}
+    processes = [service({**env, "BYTEWAX_PROCESS_ID": str(i)}) for i in range(2)]
+    assert [p.port for p in processes] == [base_port, base_port + 1]
+
+    assert sink.wait_for(lambda s: len(s.messages) >= 6 * n, 60), len(sink.messages)
+    by_source = sink.by_source()
+    assert sorted(by_source) == names
+    for name in names:
+        assert by_source[name] == list(range(1, n + 1)), name
+
+    # Each feed is read by exactly one worker of the cluster.
+    up = [{name: p.metric("ingest_source_up", source=name) for name in names} for p in processes]
+    for name in names:
+        assert sorted(u.get(name) or 0 for u in up) == [0, 1], (name, up)
+    for process in processes:
+        assert process.get("/healthz")[0] == 200 and process.get("/readyz")[0] == 200
+    assert sink.connections == 4  # one sink connection per worker, 2 x 2
+
+    for process in processes:  # the whole cluster at once, as compose or Kubernetes stops it
+        process.process.send_signal(signal.SIGTERM)
+    assert [p.terminate() for p in processes] == [0, 0]
+    assert sink.wait_for(lambda s: len(s.close_codes) == 4, 5)
+    assert sink.close_codes == [1000] * 4
+    assert feed_codes == [1000] * 6
