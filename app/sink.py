@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 import structlog
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
-from websockets.asyncio.client import ClientConnection
 from websockets.protocol import State
 
 from app import metrics
@@ -26,7 +25,7 @@ from app.envelope import Encoded
 from app.logs import RateLimiter
 from app.settings import mask_url
 from app.status import ConnectionStatus
-from app.wsconn import describe_close, open_connection
+from app.wsconn import BatchingConnection, describe_close, open_connection
 
 WAIT_STEP_S = 0.25
 
@@ -65,7 +64,7 @@ class _SinkConnection:
         self._status_key = status_key
         self._stopping = stopping
         self._log = log
-        self._ws: ClientConnection | None = None
+        self._ws: BatchingConnection | None = None
         self._changed = asyncio.Condition()
         self._keeper: asyncio.Task[None] | None = None
         self._quiet = RateLimiter()
@@ -82,6 +81,7 @@ class _SinkConnection:
                 async with open_connection(
                     options.url, additional_headers=options.headers,
                     ping_interval=options.ping_interval_s, ping_timeout=options.ping_timeout_s,
+                    create_connection=BatchingConnection,
                 ) as ws:
                     opened_at = time.monotonic()
                     await self._publish(ws)
@@ -102,13 +102,13 @@ class _SinkConnection:
                 delays = backoff(options.reconnect_min_s, options.reconnect_max_s)
             await asyncio.sleep(next(delays))
 
-    async def _publish(self, ws: ClientConnection) -> None:
+    async def _publish(self, ws: BatchingConnection) -> None:
         async with self._changed:
             self._ws = ws
             self._changed.notify_all()
         self._status.set_sink(self._status_key, True)
 
-    async def _open_connection(self, stop_deadline: list[float]) -> ClientConnection:
+    async def _open_connection(self, stop_deadline: list[float]) -> BatchingConnection:
         """The open connection, waiting for one; ShutdownTimeout once stopping lasts too long."""
         def usable() -> bool:
             return self._ws is not None and self._ws.state is State.OPEN
@@ -126,27 +126,24 @@ class _SinkConnection:
         return self._ws
 
     async def write(self, frames: list[bytes]) -> None:
-        """Return once every frame is written (and confirmed, with ping); resend on failure."""
+        """Return once every frame is written (and confirmed, with ping); resend on failure.
+
+        The batch goes to the socket in one write, so after a failure nothing tells which of
+        its frames left: the whole batch is sent again.
+        """
         confirm = self._options.confirm == "ping"
-        sent = 0
         stop_deadline: list[float] = []
         while True:
             ws = await self._open_connection(stop_deadline)
             try:
-                for frame in frames[sent:]:
-                    await ws.send(frame, text=True)
-                    if not confirm:
-                        sent += 1
+                await ws.send_texts(frames)
                 if confirm:
                     pong = await ws.ping()
                     await asyncio.wait_for(pong, self._options.ping_timeout_s)
                 return
             except Exception as exc:
-                # With confirm=ping nothing of the batch is known to have arrived: resend it all.
-                sent = 0 if confirm else sent
                 metrics.sink_retries.inc()
-                self._log.warning("sink_write_failed", unsent=len(frames) - sent,
-                                  **describe_close(exc))
+                self._log.warning("sink_write_failed", unsent=len(frames), **describe_close(exc))
                 if ws.state is State.OPEN:  # a pong that never came: the connection is unusable
                     await ws.close(code=1011, reason="ping timeout")
                 await ws.wait_closed()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -24,6 +25,34 @@ async def open_connection(url: str, **options: object) -> AsyncIterator[ClientCo
         except asyncio.CancelledError:
             await ws.close(code=1000)
             raise
+
+
+class BatchingConnection(ClientConnection):
+    """A client connection that can write a whole batch of messages with one system call.
+
+    `send()` hands each frame to the socket on its own (one write per message: a fifth of the
+    service's CPU at saturation, by profile). `send_texts()` queues the batch in the Sans-I/O
+    protocol, then `send_data()` passes everything queued to the transport at once.
+    """
+
+    async def send_texts(self, messages: list[bytes]) -> None:
+        """Send each item (UTF-8 bytes) as a text message, in order."""
+        async with self.send_context():
+            for message in messages:
+                self.protocol.send_text(message)
+
+    def send_data(self) -> None:
+        # As websockets' own send_data, but with one writelines() for all queued data.
+        chunks = self.protocol.data_to_send()
+        data = [chunk for chunk in chunks if chunk]
+        if data:
+            self.transport.writelines(data)
+        if len(data) < len(chunks):  # an empty chunk asks for the end of the TCP stream
+            if self.transport.can_write_eof():
+                with contextlib.suppress(Exception):
+                    self.transport.write_eof()
+            else:
+                self.transport.close()
 
 
 def describe_close(exc: BaseException) -> dict[str, object]:
