@@ -136,6 +136,7 @@ def run_case(case: Case) -> dict[str, Any]:
             if time.monotonic() - started > 150:
                 receiver.kill()
         cpu = sum(cpu_seconds(p.pid) for p in relay) - cpu_before
+        wall = time.monotonic() - started
         peak_rss_mib = max(memory_kib(p.pid, "VmHWM") for p in relay) / 1024
     finally:
         for process in (*relay, loadgen):
@@ -155,6 +156,7 @@ def run_case(case: Case) -> dict[str, Any]:
         "messages_per_s": round(received / seconds),
         "peak_rss_mib": round(peak_rss_mib, 1),
         "cpu_s_per_million": round(cpu / max(1, received) * 1e6, 2),
+        "cores_used": round(cpu / wall, 2),  # by the relay, start file to last arrival
     }
     if case.rate:
         latencies = sorted(result["latencies"])
@@ -184,7 +186,8 @@ def cases(quick: bool) -> list[Case]:
 
 def print_table(rows: list[dict[str, Any]]) -> None:
     columns = ["case", "relay", "messages_per_s", "latency_p50_ms", "latency_p99_ms",
-               "latency_max_ms", "peak_rss_mib", "cpu_s_per_million", "rss_mib_at_10s",
+               "latency_max_ms", "peak_rss_mib", "cpu_s_per_million", "cores_used",
+               "rss_mib_at_10s",
                "rss_mib_at_end", "complete"]
     print(" | ".join(columns))
     for row in rows:
