@@ -141,7 +141,9 @@ def main(argv: list[str] | None = None) -> int:
                  addresses=cluster.addresses, epoch_interval=EPOCH_INTERVAL)
     except KeyboardInterrupt:
         log.warning("aborted")
-    except Exception as error:
+    except (Exception, BaseException) as error:  # pyo3's PanicException is a BaseException
+        if isinstance(error, SystemExit):
+            raise
         cause = _ingest_error(error)
         if cause is not None:
             log.error("failed", error=str(cause))

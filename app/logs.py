@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 import time
 
 import structlog
@@ -50,6 +51,21 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
 
 def _identity(_logger: object, _name: str, event: dict) -> dict:
     return event
+
+
+# Keyed by OS thread: Bytewax's worker threads are Rust threads, which may get a fresh Python
+# thread state (and so fresh threading.local() values) each time they call into Python.
+_workers: dict[int, int] = {}
+
+
+def set_worker(index: int) -> None:
+    """Record the Bytewax worker index of the calling (worker) thread, for log context."""
+    _workers[threading.get_ident()] = index
+
+
+def current_worker() -> int | str:
+    """The worker index of this thread (set when its sink was built), else the thread's name."""
+    return _workers.get(threading.get_ident(), threading.current_thread().name)
 
 
 class RateLimiter:

@@ -22,7 +22,7 @@ from websockets.protocol import State
 from app import metrics
 from app.backoff import RESET_AFTER_S, backoff
 from app.envelope import Encoded
-from app.logs import RateLimiter
+from app.logs import RateLimiter, set_worker
 from app.settings import mask_url
 from app.status import ConnectionStatus
 from app.wsconn import BatchingConnection, describe_close, open_connection
@@ -214,4 +214,6 @@ class WebSocketSink(DynamicSink[Encoded]):
         self._args = (options, status, stopping, on_written, name)
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _SinkPartition:
+        # Bytewax builds a worker's sinks on its thread before its source partitions.
+        set_worker(worker_index)
         return _SinkPartition(*self._args, worker_index)

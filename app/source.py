@@ -25,7 +25,7 @@ from websockets.exceptions import ConnectionClosed
 from app import metrics
 from app.backoff import RESET_AFTER_S, backoff
 from app.envelope import Chunk, Frame, PayloadMode, payload_size
-from app.logs import RateLimiter
+from app.logs import RateLimiter, current_worker
 from app.settings import FeedSettings, mask_url
 from app.status import ConnectionStatus
 from app.wsconn import describe_close, open_connection
@@ -201,7 +201,7 @@ class _FeedPartition(StatefulSourcePartition[Chunk, None]):
         self._options = options
         self._stopping = stopping
         self._log = structlog.get_logger("app.source").bind(
-            source=feed.name, url=mask_url(feed.url), worker=threading.current_thread().name)
+            source=feed.name, url=mask_url(feed.url), worker=current_worker())
         self._loop = asyncio.new_event_loop()
         self._reader = _FeedReader(feed, options, status, self._log)
         self._polls = batch_async(self._reader.chunks(), options.batch_timeout, 1, self._loop)

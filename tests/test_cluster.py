@@ -53,3 +53,18 @@ def test_two_processes_share_six_feeds_in_order(sink, servers, service):
     assert sink.wait_for(lambda s: len(s.close_codes) == 4, 5)
     assert sink.close_codes == [1000] * 4
     assert feed_codes == [1000] * 6
+
+
+def test_when_one_process_dies_the_cluster_stops(sink, servers, service):
+    feeds = [servers(feed_handler(10**6, name=f"d{i}", interval=0.001)) for i in range(4)]
+    addresses = f"127.0.0.1:{free_port()};127.0.0.1:{free_port()}"
+    env = {"INGEST_SOURCE_URLS": ",".join(f.url for f in feeds), "INGEST_SINK_URL": sink.url,
+           "INGEST_METRICS_PORT": str(free_port()), "BYTEWAX_ADDRESSES": addresses}
+    processes = [service({**env, "BYTEWAX_PROCESS_ID": str(i)}) for i in range(2)]
+    for process in processes:
+        process.wait_ready()
+    processes[1].process.kill()
+    assert processes[0].process.wait(15) == 1  # for compose or Kubernetes to restart
+    failed = [e for e in processes[0].logs() if e["event"] == "failed"]
+    assert failed and "panic" in failed[0]["error"]
+    assert "Traceback" not in processes[0].stderr()
