@@ -20,12 +20,11 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from websockets.protocol import State
 
 from app import metrics
-from app.backoff import RESET_AFTER_S, backoff
 from app.envelope import Encoded
-from app.logs import RateLimiter, set_worker
+from app.logs import set_worker
 from app.settings import mask_url
 from app.status import ConnectionStatus
-from app.wsconn import BatchingConnection, describe_close, open_connection
+from app.wsconn import BatchingConnection, describe_close, open_connection, reconnect_forever
 
 WAIT_STEP_S = 0.25
 
@@ -67,40 +66,27 @@ class _SinkConnection:
         self._ws: BatchingConnection | None = None
         self._changed = asyncio.Condition()
         self._keeper: asyncio.Task[None] | None = None
-        self._quiet = RateLimiter()
 
     def start(self) -> None:
         self._keeper = asyncio.get_running_loop().create_task(self._keep_open())
 
     async def _keep_open(self) -> None:
         options = self._options
-        delays = backoff(options.reconnect_min_s, options.reconnect_max_s)
-        while True:
-            opened_at = None
-            try:
-                async with open_connection(
-                    options.url, additional_headers=options.headers,
-                    ping_interval=options.ping_interval_s, ping_timeout=options.ping_timeout_s,
-                    create_connection=BatchingConnection,
-                ) as ws:
-                    opened_at = time.monotonic()
-                    await self._publish(ws)
-                    self._log.info("sink_connected")
-                    await ws.wait_closed()
-                    raise ws.protocol.close_exc
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # every failure is a reason to reconnect
-                if opened_at is not None:
-                    self._log.warning("sink_disconnected", **describe_close(exc))
-                elif (suppressed := self._quiet.allow(repr(exc))) is not None:
-                    self._log.warning("sink_connect_failed", suppressed=suppressed,
-                                      **describe_close(exc))
-            finally:
-                self._status.set_sink(self._status_key, False)
-            if opened_at is not None and time.monotonic() - opened_at >= RESET_AFTER_S:
-                delays = backoff(options.reconnect_min_s, options.reconnect_max_s)
-            await asyncio.sleep(next(delays))
+        await reconnect_forever(
+            lambda: open_connection(
+                options.url, additional_headers=options.headers,
+                ping_interval=options.ping_interval_s, ping_timeout=options.ping_timeout_s,
+                create_connection=BatchingConnection),
+            self._session, on_down=lambda: self._status.set_sink(self._status_key, False),
+            min_s=options.reconnect_min_s, max_s=options.reconnect_max_s, log=self._log,
+            event_prefix="sink")
+
+    async def _session(self, ws: BatchingConnection) -> None:
+        """Offer the connection to writers until it closes."""
+        await self._publish(ws)
+        self._log.info("sink_connected")
+        await ws.wait_closed()
+        raise ws.protocol.close_exc
 
     async def _publish(self, ws: BatchingConnection) -> None:
         async with self._changed:

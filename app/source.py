@@ -23,12 +23,11 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from app import metrics
-from app.backoff import RESET_AFTER_S, backoff
 from app.envelope import Chunk, Frame, PayloadMode, payload_size
-from app.logs import RateLimiter, current_worker
+from app.logs import current_worker
 from app.settings import FeedSettings, mask_url
 from app.status import ConnectionStatus
-from app.wsconn import describe_close, open_connection
+from app.wsconn import open_connection, reconnect_forever
 
 FRAME_LIMIT_FACTOR = 16
 """The WebSocket library's own frame limit, as a multiple of max_message_bytes (memory guard)."""
@@ -63,7 +62,6 @@ class _FeedReader:
         self._seq = 0
         self._last_frame_at = 0.0
         self._task: asyncio.Task[None] | None = None
-        self._quiet = RateLimiter()
 
     async def chunks(self) -> AsyncIterator[list[Frame]]:
         """Yield the frames gathered since the last chunk, waiting while there are none."""
@@ -87,25 +85,17 @@ class _FeedReader:
 
     async def _run(self) -> None:
         options = self._options
-        delays = backoff(options.reconnect_min_s, options.reconnect_max_s)
-        while True:
-            connected_at = None
-            try:
-                async with self._connect() as ws:
-                    connected_at = time.monotonic()
-                    await self._opened(ws)
-                    await self._read(ws)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # every failure is a reason to reconnect, never to end
-                self._closed(exc, was_open=connected_at is not None)
-            finally:
-                self._status.set_source(self._feed.name, False)
-            if connected_at is not None and time.monotonic() - connected_at >= RESET_AFTER_S:
-                delays = backoff(options.reconnect_min_s, options.reconnect_max_s)
-            delay = next(delays)
-            self._log.debug("source_backoff", delay_s=round(delay, 3))
-            await asyncio.sleep(delay)
+        await reconnect_forever(
+            self._connect, self._session, on_down=self._down, on_error=self._count_too_large,
+            min_s=options.reconnect_min_s, max_s=options.reconnect_max_s, log=self._log,
+            event_prefix="source")
+
+    def _down(self) -> None:
+        self._status.set_source(self._feed.name, False)
+
+    def _count_too_large(self, exc: Exception) -> None:
+        if isinstance(exc, ConnectionClosed) and exc.sent and exc.sent.code == MESSAGE_TOO_BIG:
+            metrics.messages_invalid.labels(self._feed.name, "too_large").inc()
 
     def _connect(self):  # type: ignore[no-untyped-def]
         feed = self._feed
@@ -118,7 +108,11 @@ class _FeedReader:
             max_size=FRAME_LIMIT_FACTOR * feed.max_message_bytes,
         )
 
-    async def _opened(self, ws: ClientConnection) -> None:
+    async def _session(self, ws: ClientConnection) -> None:
+        await self._subscribe(ws)
+        await self._read(ws)
+
+    async def _subscribe(self, ws: ClientConnection) -> None:
         for message in self._feed.subscribe_messages():
             await ws.send(message)
         self._status.set_source(self._feed.name, True)
@@ -180,18 +174,6 @@ class _FeedReader:
                 self._log.warning("source_idle", idle_timeout_s=idle)
                 await ws.close(code=1000, reason="idle timeout")
                 return
-
-    def _closed(self, exc: Exception, *, was_open: bool) -> None:
-        fields = describe_close(exc)
-        if isinstance(exc, ConnectionClosed) and exc.sent and exc.sent.code == MESSAGE_TOO_BIG:
-            metrics.messages_invalid.labels(self._feed.name, "too_large").inc()
-            fields["too_large"] = True
-        if was_open:
-            self._log.warning("source_disconnected", **fields)
-            return
-        suppressed = self._quiet.allow(str(fields))
-        if suppressed is not None:
-            self._log.warning("source_connect_failed", suppressed=suppressed, **fields)
 
 
 class _FeedPartition(StatefulSourcePartition[Chunk, None]):

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import TypeVar
 
+import structlog
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from app.backoff import RESET_AFTER_S, backoff
+from app.logs import RateLimiter
+
 CLOSE_TIMEOUT_S = 2.0
+C = TypeVar("C", bound=ClientConnection)
 
 
 @asynccontextmanager
@@ -53,6 +60,47 @@ class BatchingConnection(ClientConnection):
                     self.transport.write_eof()
             else:
                 self.transport.close()
+
+
+async def reconnect_forever(
+    connect: Callable[[], AbstractAsyncContextManager[C]],
+    session: Callable[[C], Awaitable[None]],
+    *,
+    on_down: Callable[[], None],
+    on_error: Callable[[Exception], None] = lambda exc: None,
+    min_s: float,
+    max_s: float,
+    log: structlog.typing.FilteringBoundLogger,
+    event_prefix: str,
+) -> None:
+    """Run `session` on a connection; whenever it ends, reconnect after a backoff delay.
+
+    Only cancellation ends this (closing the connection with 1000): an exception escaping a
+    source's generator would end its partition for good. Logs `<prefix>_disconnected` when an
+    open connection ends, `<prefix>_connect_failed` (rate-limited) when none could be opened.
+    """
+    delays = backoff(min_s, max_s)
+    quiet = RateLimiter()
+    while True:
+        opened_at = None
+        try:
+            async with connect() as ws:
+                opened_at = time.monotonic()
+                await session(ws)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # every failure is a reason to reconnect, never to end
+            on_error(exc)
+            fields = describe_close(exc)
+            if opened_at is not None:
+                log.warning(f"{event_prefix}_disconnected", **fields)
+            elif (suppressed := quiet.allow(repr(fields))) is not None:
+                log.warning(f"{event_prefix}_connect_failed", suppressed=suppressed, **fields)
+        finally:
+            on_down()
+        if opened_at is not None and time.monotonic() - opened_at >= RESET_AFTER_S:
+            delays = backoff(min_s, max_s)
+        await asyncio.sleep(next(delays))
 
 
 def describe_close(exc: BaseException) -> dict[str, object]:

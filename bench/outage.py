@@ -12,14 +12,10 @@ in flight when a connection dropped; a real feed would also lose what it sent me
 from __future__ import annotations
 
 import json
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from tests.servers import Sink, WsServer, feed_handler  # noqa: E402
-from tests.service import Service  # noqa: E402
+from tests.servers import Sink, WsServer, feed_handler
+from tests.service import Service
 
 PING_S = 2.0
 OUTAGES_S = (1.0, 2.5, 4.0, 6.0)

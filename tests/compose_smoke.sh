@@ -27,14 +27,18 @@ say "docker compose up -d --build"
 container() { "$COMPOSE" ps -q "$1"; }
 health() { docker inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}}' "$(container "$1")"; }
 
-for service in feed receiver ingest prometheus; do
-  for _ in $(seq 120); do
-    [ "$(health "$service")" = healthy ] && break
-    sleep 1
+wait_healthy() {
+  local service
+  for service in "$@"; do
+    for _ in $(seq 120); do
+      [ "$(health "$service")" = healthy ] && break
+      sleep 1
+    done
+    [ "$(health "$service")" = healthy ] || fail "$service is $(health "$service")"
+    say "$service healthy"
   done
-  [ "$(health "$service")" = healthy ] || fail "$service is $(health "$service")"
-  say "$service healthy"
-done
+}
+wait_healthy feed receiver ingest prometheus
 
 # Polls a check written in Python until it passes (60 s at most).
 check() {
@@ -71,14 +75,7 @@ say "ok: no compiler in the image"
 
 say "docker compose --profile cluster up -d"
 "$COMPOSE" --profile cluster up -d
-for service in ingest-0 ingest-1; do
-  for _ in $(seq 120); do
-    [ "$(health "$service")" = healthy ] && break
-    sleep 1
-  done
-  [ "$(health "$service")" = healthy ] || fail "$service is $(health "$service")"
-  say "$service healthy"
-done
+wait_healthy ingest-0 ingest-1
 check "Prometheus sees the six cluster feeds, each up on exactly one process" '
 import json, urllib.parse, urllib.request
 q = urllib.parse.quote("sum by (source) (ingest_source_up{job=\"ingest-cluster\"})")
