@@ -12,8 +12,9 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
@@ -66,6 +67,7 @@ class _SinkConnection:
         self._ws: BatchingConnection | None = None
         self._changed = asyncio.Condition()
         self._keeper: asyncio.Task[None] | None = None
+        self._stop_deadline: float | None = None
 
     def start(self) -> None:
         self._keeper = asyncio.get_running_loop().create_task(self._keep_open())
@@ -94,18 +96,23 @@ class _SinkConnection:
             self._changed.notify_all()
         self._status.set_sink(self._status_key, True)
 
-    async def _open_connection(self, stop_deadline: list[float]) -> BatchingConnection:
-        """The open connection, waiting for one; ShutdownTimeout once stopping lasts too long."""
+    def _check_stop_deadline(self) -> None:
+        """Once stopping, writes get shutdown_timeout_s in all; then ShutdownTimeout."""
+        if not self._stopping.is_set():
+            return
+        if self._stop_deadline is None:
+            self._stop_deadline = time.monotonic() + self._options.shutdown_timeout_s
+        if time.monotonic() >= self._stop_deadline:
+            raise ShutdownTimeout
+
+    async def _open_connection(self) -> BatchingConnection:
+        """The open connection, waiting for one (and for the stop deadline)."""
         def usable() -> bool:
             return self._ws is not None and self._ws.state is State.OPEN
 
         async with self._changed:
             while not usable():
-                if self._stopping.is_set():
-                    if not stop_deadline:
-                        stop_deadline.append(time.monotonic() + self._options.shutdown_timeout_s)
-                    if time.monotonic() >= stop_deadline[0]:
-                        raise ShutdownTimeout
+                self._check_stop_deadline()
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._changed.wait_for(usable), WAIT_STEP_S)
         assert self._ws is not None
@@ -118,9 +125,9 @@ class _SinkConnection:
         its frames left: the whole batch is sent again.
         """
         confirm = self._options.confirm == "ping"
-        stop_deadline: list[float] = []
         while True:
-            ws = await self._open_connection(stop_deadline)
+            self._check_stop_deadline()
+            ws = await self._open_connection()
             try:
                 await ws.send_texts(frames)
                 if confirm:
@@ -157,7 +164,8 @@ class _SinkPartition(StatelessSinkPartition[Encoded]):
             options, status, f"{name}-{worker_index}", stopping, self._log)
         self._loop.call_soon_threadsafe(self._connection.start)
 
-    def _run(self, coroutine) -> None:  # type: ignore[no-untyped-def]
+    def _run(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        """Run in the partition's loop and wait for the result (or its exception)."""
         asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
 
     def write_batch(self, items: list[Encoded]) -> None:

@@ -14,6 +14,7 @@ import asyncio
 import threading
 import time
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
@@ -97,7 +98,7 @@ class _FeedReader:
         if isinstance(exc, ConnectionClosed) and exc.sent and exc.sent.code == MESSAGE_TOO_BIG:
             metrics.messages_invalid.labels(self._feed.name, "too_large").inc()
 
-    def _connect(self):  # type: ignore[no-untyped-def]
+    def _connect(self) -> AbstractAsyncContextManager[ClientConnection]:
         feed = self._feed
         return open_connection(
             feed.url,
@@ -109,10 +110,11 @@ class _FeedReader:
         )
 
     async def _session(self, ws: ClientConnection) -> None:
-        await self._subscribe(ws)
+        await self._opened(ws)
         await self._read(ws)
 
-    async def _subscribe(self, ws: ClientConnection) -> None:
+    async def _opened(self, ws: ClientConnection) -> None:
+        """Subscribe, then count the feed as up."""
         for message in self._feed.subscribe_messages():
             await ws.send(message)
         self._status.set_source(self._feed.name, True)

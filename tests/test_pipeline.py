@@ -199,6 +199,20 @@ def test_sigterm_while_flowing_flushes_and_closes_with_1000(sink, servers, servi
     assert len(stopped) == 1 and seqs[-1] >= 1000
 
 
+def test_sigterm_with_the_sink_down_gives_up_after_the_shutdown_timeout(sink, servers, service):
+    feed = servers(feed_handler(100_000, name="f", interval=0.001))
+    app = service({"INGEST_SOURCE_URLS": feed.url, "INGEST_SINK_URL": sink.url,
+                   "INGEST_SHUTDOWN_TIMEOUT_MS": "1000"})
+    assert sink.wait_for(lambda s: len(s.messages) >= 100, 20)
+    sink.server.stop()
+    time.sleep(0.5)  # the worker now waits in write_batch, holding a batch it cannot write
+    started = time.monotonic()
+    assert app.terminate(timeout=10) == 0
+    assert time.monotonic() - started < 5
+    unsent = [e for e in app.logs() if e["event"] == "sink_unsent_at_shutdown"]
+    assert unsent and all(e["messages"] >= 1 for e in unsent)
+
+
 def test_two_workers_four_feeds_keep_per_feed_order(sink, servers, service):
     feeds = [servers(feed_handler(2000, name=f"w{i}", interval=0.0003)) for i in range(4)]
     app = service({"INGEST_SOURCE_URLS": ",".join(f.url for f in feeds),
