@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from types import FrameType
+from typing import TypeVar
 
 import structlog
 from bytewax.run import cli_main
@@ -30,6 +31,7 @@ from app.status import ConnectionStatus
 from app.transform import Transform, load_transform
 
 EPOCH_INTERVAL = timedelta(seconds=10)
+E = TypeVar("E", bound=BaseException)
 
 
 @dataclass(frozen=True)
@@ -99,11 +101,11 @@ def _configure(argv: list[str] | None) -> tuple[argparse.Namespace, Settings, Tr
     return args, settings, transform, resolve_cluster(args, settings, os.environ)
 
 
-def _ingest_error(error: BaseException) -> IngestError | None:
-    """Our own error behind Bytewax's wrapping of an exception raised in a step, if any."""
+def _cause(error: BaseException, kind: type[E]) -> E | None:
+    """The `kind` exception behind Bytewax's wrapping of what a step raised, if any."""
     seen: BaseException | None = error
     while seen is not None:
-        if isinstance(seen, IngestError):
+        if isinstance(seen, kind):
             return seen
         seen = seen.__cause__ or seen.__context__
     return None
@@ -139,12 +141,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cli_main(flow, workers_per_process=cluster.workers, process_id=cluster.process_id,
                  addresses=cluster.addresses, epoch_interval=EPOCH_INTERVAL)
-    except KeyboardInterrupt:
-        log.warning("aborted")
-    except (Exception, BaseException) as error:  # pyo3's PanicException is a BaseException
-        if isinstance(error, SystemExit):
-            raise
-        cause = _ingest_error(error)
+    except SystemExit:
+        raise
+    except BaseException as error:  # a peer's death arrives as pyo3's PanicException
+        if _cause(error, KeyboardInterrupt):  # a second signal: stop without flushing
+            log.warning("aborted")
+            return 130
+        cause = _cause(error, IngestError)
         if cause is not None:
             log.error("failed", error=str(cause))
         else:

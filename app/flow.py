@@ -59,10 +59,12 @@ class _Envelopes:
             metrics.messages_dropped.labels(chunk.source).inc(outcome.dropped)
         for reason, count in outcome.invalid.items():
             metrics.messages_invalid.labels(chunk.source, reason).inc(count)
-            suppressed = self._quiet.allow((chunk.source, reason))
-            if suppressed is not None:
-                log.warning("invalid_messages", source=chunk.source, reason=reason, count=count,
-                            example=outcome.first_problem, suppressed=suppressed)
+        if outcome.invalid:
+            suppressed = self._quiet.allow(chunk.source)
+            if suppressed is not None:  # counts of this chunk; the counters have every one
+                log.warning("invalid_messages", source=chunk.source,
+                            counts=dict(outcome.invalid), example=outcome.first_problem,
+                            suppressed_lines=suppressed)
         return outcome
 
 

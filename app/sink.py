@@ -195,8 +195,8 @@ class WebSocketSink(DynamicSink[Encoded]):
 
     Delivery: `write_batch` returns only after every frame of the batch was written to an open
     connection (and, with confirm=ping, a ping sent after them was answered); on failure it
-    waits for a new connection and resends what was not confirmed, so a retry may repeat
-    frames (`source` + `seq` identify them). While the sink is down, the worker does not read on.
+    waits for a new connection and resends the batch, so a retry may repeat frames (`source` +
+    `seq` identify them). While the sink is down, the worker does not read on.
 
     Order: the dataflow has no exchange step, so a feed's chunks stay on the worker that read
     them and reach this worker's connection in order: per-feed order holds with any number of

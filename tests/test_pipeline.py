@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 
 from tests.servers import feed_handler, script_handler, tick
@@ -131,6 +132,7 @@ def test_garbage_is_counted_and_skipped_under_drop(sink, servers, service):
     assert app.metric("ingest_messages_invalid_total", source="g", reason="too_large") == 1
     warnings = [e for e in app.logs() if e["event"] == "invalid_messages"]
     assert warnings and warnings[0]["source"] == "g"
+    assert set(warnings[0]["counts"]) <= {"decode", "too_large"} and warnings[0]["example"]
     assert app.process.poll() is None
     assert app.terminate() == 0
 
@@ -211,6 +213,20 @@ def test_sigterm_with_the_sink_down_gives_up_after_the_shutdown_timeout(sink, se
     assert time.monotonic() - started < 5
     unsent = [e for e in app.logs() if e["event"] == "sink_unsent_at_shutdown"]
     assert unsent and all(e["messages"] >= 1 for e in unsent)
+
+
+def test_a_second_signal_aborts(sink, servers, service):
+    feed = servers(feed_handler(100_000, name="f", interval=0.001))
+    app = service({"INGEST_SOURCE_URLS": feed.url, "INGEST_SINK_URL": sink.url,
+                   "INGEST_SHUTDOWN_TIMEOUT_MS": "30000"})
+    assert sink.wait_for(lambda s: len(s.messages) >= 100, 20)
+    sink.server.stop()
+    time.sleep(0.5)
+    app.process.send_signal(signal.SIGTERM)  # waits up to 30 s for the sink...
+    time.sleep(0.5)
+    assert app.process.poll() is None
+    assert app.terminate(timeout=5) == 130  # ...unless told twice
+    assert any(e["event"] == "aborted" for e in app.logs())
 
 
 def test_two_workers_four_feeds_keep_per_feed_order(sink, servers, service):
