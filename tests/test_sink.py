@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 
@@ -60,4 +61,15 @@ def test_a_silent_feed_is_reconnected_after_idle_timeout(sink, servers, service)
     assert sink.by_source()["quiet"][:3] == [1, 2, 3]  # seq goes on across reconnects
     assert app.metric("ingest_source_connects_total", source="quiet") >= 3
     assert any(e["event"] == "source_idle" for e in app.logs())
+    assert app.terminate() == 0
+
+
+def test_text_payload_mode_forwards_text_and_base64_binary(sink, servers, service):
+    feed = servers(script_handler(["plain text, not JSON", b"\x00\xffbinary", '{"a": 1}']))
+    app = service({"INGEST_SOURCE_URLS": feed.url, "INGEST_SINK_URL": sink.url,
+                   "INGEST_PAYLOAD": "text"})
+    assert sink.wait_for(lambda s: len(s.messages) >= 3)
+    assert [m["data"] for m in sink.messages] == [
+        "plain text, not JSON", base64.b64encode(b"\x00\xffbinary").decode(), '{"a": 1}']
+    assert app.metric("ingest_bytes_received_total", source=feed.url[5:]) == 20 + 8 + 8
     assert app.terminate() == 0
