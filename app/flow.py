@@ -85,6 +85,7 @@ def build_flow(settings: Settings, transform: Transform | None, status: Connecti
         payload=settings.payload,
         batch_size=settings.batch_size,
         batch_timeout=timedelta(milliseconds=settings.batch_timeout_ms),
+        linger=timedelta(milliseconds=settings.batch_linger_ms),
         reconnect_min_s=settings.reconnect_min_ms / 1000,
         reconnect_max_s=settings.reconnect_max_ms / 1000,
     ), status, stopping)

@@ -111,6 +111,7 @@ class Settings(BaseSettings):
     sink_confirm: Literal["ping", "none"] = "ping"
     batch_size: int = Field(1000, ge=1)
     batch_timeout_ms: int = Field(10, ge=1)
+    batch_linger_ms: int = Field(0, ge=0)
     payload: Literal["json", "text"] = "json"
     transform: str | None = None
     on_invalid: Literal["drop", "dead-letter", "fail"] = "drop"

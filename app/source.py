@@ -44,6 +44,7 @@ class SourceOptions:
     batch_timeout: timedelta
     reconnect_min_s: float
     reconnect_max_s: float
+    linger: timedelta = timedelta(0)
 
 
 class _FeedReader:
@@ -205,7 +206,11 @@ class _FeedPartition(StatefulSourcePartition[Chunk, None]):
             # Sleep a little so an idle feed's linger does not take turns from busy ones.
             self._next_awake = datetime.now(timezone.utc) + self._options.batch_timeout
             return []
-        self._next_awake = None
+        # A short batch: let more arrive before the next poll, if the operator traded latency
+        # for fewer, larger batches (each poll and sink write has a fixed cost).
+        linger = self._options.linger
+        self._next_awake = (datetime.now(timezone.utc) + linger
+                            if linger and len(frames) < self._options.batch_size else None)
         return [self._hand_over(frames)]
 
     def _hand_over(self, frames: list[Frame]) -> Chunk:

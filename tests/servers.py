@@ -121,6 +121,7 @@ class Sink:
         return result
 
     def wait_for(self, predicate: Callable[[Sink], bool], timeout: float = 20) -> bool:
+        """Poll `predicate` (called with the lock held: it must not call by_source())."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with self._lock:

@@ -262,3 +262,19 @@ def test_idle_feeds_cost_little_cpu(sink, servers, service):
     print(f"4 idle feeds: {share:.1%} of one core")
     assert share < 0.05
     assert app.terminate() == 0
+
+
+def test_linger_makes_fewer_larger_batches_and_keeps_everything(sink, servers, service):
+    counts = {}
+    for linger in ("0", "20"):
+        feed = servers(feed_handler(1000, name="l", interval=0.001))  # 1000 msg/s
+        app = service({"INGEST_SOURCE_URLS": feed.url, "INGEST_SINK_URL": sink.url,
+                       "INGEST_BATCH_LINGER_MS": linger})
+        source = feed.url[5:]
+        assert sink.wait_for(
+            lambda s, source=source: sum(m["source"] == source for m in s.messages) >= 1000)
+        assert sink.by_source()[source] == list(range(1, 1001))
+        counts[linger] = app.metric("ingest_source_batch_size_count", source=source)
+        assert app.terminate() == 0
+    print("polls handing over 1000 messages at 1000 msg/s:", counts)
+    assert counts["20"] * 3 < counts["0"]  # 20 ms of linger: ~20 per batch rather than ~1

@@ -16,6 +16,7 @@ def test_defaults_follow_the_contract():
         "message", "ping", 1000, 10)
     assert (s.payload, s.on_invalid, s.reconnect_min_ms, s.reconnect_max_ms) == (
         "json", "drop", 100, 30000)
+    assert (s.batch_linger_ms, s.shutdown_timeout_ms) == (0, 5000)
     assert (s.metrics_host, s.metrics_port, s.log_level, s.log_format, s.workers) == (
         "0.0.0.0", 9108, "info", "auto", 1)
     feed = s.feeds[0]
