@@ -201,13 +201,19 @@ def test_sigterm_while_flowing_flushes_and_closes_with_1000(sink, servers, servi
     assert len(stopped) == 1 and seqs[-1] >= 1000
 
 
-def test_sigterm_with_the_sink_down_gives_up_after_the_shutdown_timeout(sink, servers, service):
+def flowing_then_sink_down(sink, servers, service, shutdown_timeout_ms: int):
+    """A service whose worker waits in write_batch, holding a batch it cannot write."""
     feed = servers(feed_handler(100_000, name="f", interval=0.001))
     app = service({"INGEST_SOURCE_URLS": feed.url, "INGEST_SINK_URL": sink.url,
-                   "INGEST_SHUTDOWN_TIMEOUT_MS": "1000"})
+                   "INGEST_SHUTDOWN_TIMEOUT_MS": str(shutdown_timeout_ms)})
     assert sink.wait_for(lambda s: len(s.messages) >= 100, 20)
     sink.server.stop()
-    time.sleep(0.5)  # the worker now waits in write_batch, holding a batch it cannot write
+    time.sleep(0.5)
+    return app
+
+
+def test_sigterm_with_the_sink_down_gives_up_after_the_shutdown_timeout(sink, servers, service):
+    app = flowing_then_sink_down(sink, servers, service, 1000)
     started = time.monotonic()
     assert app.terminate(timeout=10) == 0
     assert time.monotonic() - started < 5
@@ -216,12 +222,7 @@ def test_sigterm_with_the_sink_down_gives_up_after_the_shutdown_timeout(sink, se
 
 
 def test_a_second_signal_aborts(sink, servers, service):
-    feed = servers(feed_handler(100_000, name="f", interval=0.001))
-    app = service({"INGEST_SOURCE_URLS": feed.url, "INGEST_SINK_URL": sink.url,
-                   "INGEST_SHUTDOWN_TIMEOUT_MS": "30000"})
-    assert sink.wait_for(lambda s: len(s.messages) >= 100, 20)
-    sink.server.stop()
-    time.sleep(0.5)
+    app = flowing_then_sink_down(sink, servers, service, 30_000)
     app.process.send_signal(signal.SIGTERM)  # waits up to 30 s for the sink...
     time.sleep(0.5)
     assert app.process.poll() is None
