@@ -1,6 +1,7 @@
 """structlog configuration: one pipeline for our events and the standard library's (websockets).
 
-Console rendering on a terminal, JSON lines otherwise (INGEST_LOG_FORMAT). Logs go to stdout.
+Console rendering on a terminal, JSON lines otherwise (INGEST_LOG_FORMAT). Errors (ERROR and
+above) go to stderr, everything else to stdout.
 """
 
 from __future__ import annotations
@@ -32,25 +33,27 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+    formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=shared,
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            structlog.processors.format_exc_info if fmt == "json" else _identity,
+            # JSON carries a traceback as a string; the console renderer prints it itself.
+            *([structlog.processors.format_exc_info] if fmt == "json" else []),
             renderer,
         ],
-    ))
+    )
+    below_error = logging.StreamHandler(sys.stdout)
+    below_error.addFilter(lambda record: record.levelno < logging.ERROR)
+    errors = logging.StreamHandler(sys.stderr)
+    errors.setLevel(logging.ERROR)
+    for handler in (below_error, errors):
+        handler.setFormatter(formatter)
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [below_error, errors]
     root.setLevel(level.upper())
     # websockets logs every failed handshake and keepalive timeout at INFO/ERROR with a
     # traceback; our own connect/disconnect events already say the same with context.
     logging.getLogger("websockets").setLevel(max(logging.WARNING, root.level))
-
-
-def _identity(_logger: object, _name: str, event: dict) -> dict:
-    return event
 
 
 # Keyed by OS thread: Bytewax's worker threads are Rust threads, which may get a fresh Python

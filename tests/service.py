@@ -70,7 +70,9 @@ class Service:
         return Path(self._err.name).read_text()
 
     def logs(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.stdout().splitlines() if line.startswith("{")]
+        """Every JSON log line: errors from stderr, the rest from stdout."""
+        lines = (self.stdout() + self.stderr()).splitlines()
+        return [json.loads(line) for line in lines if line.startswith("{")]
 
     def get(self, path: str) -> tuple[int, bytes]:
         return http_get(self.base + path)

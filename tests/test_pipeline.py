@@ -39,7 +39,7 @@ def test_three_feeds_with_header_and_subscribe_arrive_complete_and_in_order(
     for message in sink.messages:  # one connection each: seq n carries tick n
         assert message["data"]["n"] == message["seq"]
         assert message["data"]["feed"] == message["source"]
-    assert "t0ken" not in app.stdout()
+    assert "t0ken" not in app.stdout() + app.stderr()
     assert app.terminate() == 0
 
 
