@@ -76,7 +76,7 @@ def resolve_cluster(args: argparse.Namespace, settings: Settings,
         raise ConfigError(["BYTEWAX_ADDRESSES: required when a process id is given"])
     if process_id is None:
         return Cluster(workers)
-    return Cluster(workers, process_id, addresses.split(";") if addresses else None)
+    return Cluster(workers, process_id, addresses.split(";"))
 
 
 def install_signal_handlers(stopping: threading.Event) -> None:

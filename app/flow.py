@@ -16,7 +16,7 @@ from bytewax.dataflow import Dataflow
 from app import metrics
 from app.envelope import Chunk, Encoded, EnvelopeBuilder, Outcome
 from app.logs import RateLimiter
-from app.settings import Settings
+from app.settings import Settings, reveal
 from app.sink import SinkOptions, WebSocketSink
 from app.source import SourceOptions, WebSocketSource
 from app.status import ConnectionStatus
@@ -71,8 +71,8 @@ class _Envelopes:
 def _sink_options(settings: Settings, url: str, headers: dict[str, str]) -> SinkOptions:
     return SinkOptions(
         url=url, headers=headers, framing=settings.sink_framing, confirm=settings.sink_confirm,
-        reconnect_min_s=settings.reconnect_min_ms / 1000,
-        reconnect_max_s=settings.reconnect_max_ms / 1000,
+        reconnect_min_s=settings.reconnect_min_s,
+        reconnect_max_s=settings.reconnect_max_s,
         shutdown_timeout_s=settings.shutdown_timeout_ms / 1000,
     )
 
@@ -86,8 +86,8 @@ def build_flow(settings: Settings, transform: Transform | None, status: Connecti
         batch_size=settings.batch_size,
         batch_timeout=timedelta(milliseconds=settings.batch_timeout_ms),
         linger=timedelta(milliseconds=settings.batch_linger_ms),
-        reconnect_min_s=settings.reconnect_min_ms / 1000,
-        reconnect_max_s=settings.reconnect_max_ms / 1000,
+        reconnect_min_s=settings.reconnect_min_s,
+        reconnect_max_s=settings.reconnect_max_s,
     ), status, stopping)
     builder = EnvelopeBuilder(
         payload=settings.payload,
@@ -100,9 +100,8 @@ def build_flow(settings: Settings, transform: Transform | None, status: Connecti
     outcomes = op.map("envelope", chunks, _Envelopes(builder))
     encoded = op.filter_map("valid", outcomes,
                             lambda outcome: outcome.encoded if outcome.encoded.messages else None)
-    sink_headers = {k: v.get_secret_value() for k, v in settings.sink_headers.items()}
     op.output("sink", encoded, WebSocketSink(
-        _sink_options(settings, settings.sink_url, sink_headers), status, stopping,
+        _sink_options(settings, settings.sink_url, reveal(settings.sink_headers)), status, stopping,
         record_delivery))
     if settings.on_invalid == "dead-letter":
         assert settings.dead_letter_url is not None

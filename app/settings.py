@@ -54,6 +54,11 @@ def mask_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
 
+def reveal(headers: dict[str, SecretStr]) -> dict[str, str]:
+    """Header values in clear, for the handshake only."""
+    return {name: value.get_secret_value() for name, value in headers.items()}
+
+
 def derive_name(url: str) -> str:
     """A feed's default name: host[:port] and path, e.g. `stream.example.com/ws/btc`."""
     parts = urlsplit(url)
@@ -183,6 +188,14 @@ class Settings(BaseSettings):
         if problems:
             raise ValueError("\n".join(problems))
         return self
+
+    @property
+    def reconnect_min_s(self) -> float:
+        return self.reconnect_min_ms / 1000
+
+    @property
+    def reconnect_max_s(self) -> float:
+        return self.reconnect_max_ms / 1000
 
     @property
     def feeds(self) -> list[FeedSettings]:

@@ -26,7 +26,7 @@ from websockets.exceptions import ConnectionClosed
 from app import metrics
 from app.envelope import Chunk, Frame, PayloadMode, payload_size
 from app.logs import current_worker
-from app.settings import FeedSettings, mask_url
+from app.settings import FeedSettings, mask_url, reveal
 from app.status import ConnectionStatus
 from app.wsconn import open_connection, reconnect_forever
 
@@ -103,7 +103,7 @@ class _FeedReader:
         feed = self._feed
         return open_connection(
             feed.url,
-            additional_headers={k: v.get_secret_value() for k, v in feed.headers.items()},
+            additional_headers=reveal(feed.headers),
             subprotocols=feed.subprotocols or None,  # type: ignore[arg-type]
             open_timeout=feed.open_timeout,
             ping_interval=None,  # see _keepalive
@@ -201,7 +201,8 @@ class _FeedPartition(StatefulSourcePartition[Chunk, None]):
     def next_batch(self) -> list[Chunk]:
         if self._stopping.is_set():
             return self._drain()
-        frames = [frame for chunk in next(self._polls) for frame in chunk]
+        chunks = next(self._polls)  # batch_async(..., 1): no chunk, or one
+        frames = chunks[0] if chunks else []
         if not frames:
             # Sleep a little so an idle feed's linger does not take turns from busy ones.
             self._next_awake = datetime.now(timezone.utc) + self._options.batch_timeout
@@ -237,8 +238,8 @@ class _FeedPartition(StatefulSourcePartition[Chunk, None]):
         return None
 
     def close(self) -> None:
+        # The reader's task is among these; cancelled, it closes its connection with 1000.
         loop = self._loop
-        loop.run_until_complete(self._reader.stop())
         tasks = asyncio.all_tasks(loop)
         for task in tasks:
             task.cancel()
