@@ -57,17 +57,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _whole_number(variable: str, value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise ConfigError([f"{variable}: not a whole number: {value!r}"]) from None
+    if number < 0:
+        raise ConfigError([f"{variable}: must not be negative"])
+    return number
+
+
 def resolve_cluster(args: argparse.Namespace, settings: Settings,
                     env: Mapping[str, str]) -> Cluster:
     """Flags first, then Bytewax's variables (as `python -m bytewax.run` reads them)."""
-    workers = args.workers_per_process or int(env.get("BYTEWAX_WORKERS_PER_PROCESS", 0)) \
-        or settings.workers
+    workers = args.workers_per_process or settings.workers
+    if not args.workers_per_process and env.get("BYTEWAX_WORKERS_PER_PROCESS"):
+        workers = _whole_number("BYTEWAX_WORKERS_PER_PROCESS",
+                                env["BYTEWAX_WORKERS_PER_PROCESS"]) or settings.workers
     process_id = args.process_id
     if process_id is None and env.get("BYTEWAX_PROCESS_ID"):
-        process_id = int(env["BYTEWAX_PROCESS_ID"])
+        process_id = _whole_number("BYTEWAX_PROCESS_ID", env["BYTEWAX_PROCESS_ID"])
     if process_id is None and "BYTEWAX_POD_NAME" in env and "BYTEWAX_STATEFULSET_NAME" in env:
         pod, statefulset = env["BYTEWAX_POD_NAME"], env["BYTEWAX_STATEFULSET_NAME"]
-        process_id = int(pod.removeprefix(statefulset + "-"))
+        process_id = _whole_number("BYTEWAX_POD_NAME", pod.removeprefix(statefulset + "-"))
     addresses = args.addresses or env.get("BYTEWAX_ADDRESSES")
     if process_id is not None and not addresses and "BYTEWAX_HOSTFILE_PATH" in env:
         with open(env["BYTEWAX_HOSTFILE_PATH"]) as hostfile:

@@ -68,3 +68,16 @@ def test_cluster_flags_are_bytewax_ones():
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
         "BYTEWAX_ADDRESSES: required when a process id is given"]
+
+
+def test_bad_bytewax_numbers_are_configuration_errors():
+    env = {"INGEST_SOURCE_URLS": "ws://a", "INGEST_SINK_URL": SINK}
+    result = run({**env, "BYTEWAX_PROCESS_ID": "abc", "BYTEWAX_ADDRESSES": "h:1"})
+    assert (result.returncode, result.stderr.splitlines()) == (
+        2, ["BYTEWAX_PROCESS_ID: not a whole number: 'abc'"])
+    result = run({**env, "BYTEWAX_WORKERS_PER_PROCESS": "two"})
+    assert (result.returncode, result.stderr.splitlines()) == (
+        2, ["BYTEWAX_WORKERS_PER_PROCESS: not a whole number: 'two'"])
+    result = run({**env, "BYTEWAX_POD_NAME": "ingest-3", "BYTEWAX_STATEFULSET_NAME": "ingest",
+                  "BYTEWAX_ADDRESSES": "h:1;h:2;h:3;h:4"}, "--check-config")
+    assert json.loads(result.stdout)["cluster"]["process_id"] == 3
