@@ -15,6 +15,9 @@ LATENCY_BUCKETS = (
 )
 BATCH_SIZE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
 INVALID_REASONS = ("decode", "too_large", "transform")
+CONTROL_KINDS = ("heartbeat", "reply", "control", "ack", "notice")
+ROTATION_REASONS = ("age", "notice")
+CONNECT_FAILURE_REASONS = ("dns", "refused", "timeout", "tls", "rejected", "other")
 
 batch_latency = Histogram(
     "ingest_batch_latency_seconds",
@@ -62,10 +65,51 @@ dead_letters_sent = Counter(
 )
 
 
+# Real venues and the spool (declared from the start, like the rest: CONTRACT.md).
+control_messages = Counter(
+    "ingest_control_messages", "Control frames by kind (not data).", ["source", "kind"],
+)
+subscribe_failures = Counter(
+    "ingest_subscribe_failures", "Subscriptions refused or not acknowledged in time.", ["source"],
+)
+source_rotations = Counter(
+    "ingest_source_rotations", "Make-before-break reconnects by reason.", ["source", "reason"],
+)
+upstream_gaps = Counter(
+    "ingest_upstream_gaps", "Breaks in the upstream sequence.", ["source"],
+)
+upstream_missing = Counter(
+    "ingest_upstream_missing", "Upstream sequence numbers never received.", ["source"],
+)
+upstream_lag = Histogram(
+    "ingest_upstream_lag_seconds", "Receipt time minus the venue's event time.",
+    ["source"], buckets=LATENCY_BUCKETS,
+)
+spool_bytes = Gauge("ingest_spool_bytes", "Bytes waiting in the spool.")
+spool_messages = Gauge("ingest_spool_messages", "Messages waiting in the spool.")
+spool_oldest_age = Gauge(
+    "ingest_spool_oldest_age_seconds", "Age of the oldest message waiting (0 when empty).",
+)
+spool_dropped = Counter(
+    "ingest_spool_dropped", "Messages refused by a full spool with drop_newest.",
+)
+source_connect_failures = Counter(
+    "ingest_source_connect_failures", "Failed connection attempts by reason.",
+    ["source", "reason"],
+)
+
+
 def init_source(source: str) -> None:
     """Create a feed's labelled series up front, so they read 0 rather than missing."""
     for metric in (batch_latency, source_batch_size, messages_received, bytes_received,
-                   messages_dropped, source_up, source_connects, source_last_message):
+                   messages_dropped, source_up, source_connects, source_last_message,
+                   subscribe_failures, upstream_gaps, upstream_missing, upstream_lag):
         metric.labels(source)
     for reason in INVALID_REASONS:
         messages_invalid.labels(source, reason)
+    for kind in CONTROL_KINDS:
+        control_messages.labels(source, kind)
+    for reason in ROTATION_REASONS:
+        source_rotations.labels(source, reason)
+    for reason in CONNECT_FAILURE_REASONS:
+        source_connect_failures.labels(source, reason)
