@@ -26,6 +26,7 @@ from app.errors import ConfigError, IngestError
 from app.flow import build_flow
 from app.http import start_http_server
 from app.logs import configure_logging
+from app.metrics import Metrics
 from app.settings import Settings, load_settings
 from app.status import ConnectionStatus
 from app.transform import Transform, load_transform
@@ -41,6 +42,10 @@ class Cluster:
     workers: int
     process_id: int | None = None
     addresses: list[str] | None = None
+
+    @property
+    def total_workers(self) -> int:
+        return self.workers * len(self.addresses or [""])
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -139,14 +144,16 @@ def main(argv: list[str] | None = None) -> int:
     stopping = threading.Event()
     install_signal_handlers(stopping)
     status = ConnectionStatus()
+    metrics = Metrics()
     port = settings.metrics_port + (cluster.process_id or 0)
     try:
-        server = start_http_server(settings.metrics_host, port, status)
+        server = start_http_server(settings.metrics_host, port, status, metrics.registry)
     except OSError as exc:
         print(f"INGEST_METRICS_PORT: cannot listen on {settings.metrics_host}:{port} ({exc})",
               file=sys.stderr)
         return 2
-    flow = build_flow(settings, transform, status, stopping)
+    flow = build_flow(settings.options(), workers=cluster.total_workers, transform=transform,
+                      status=status, metrics=metrics, stopping=stopping)
     log.info("starting", feeds=[feed.name for feed in settings.feeds], metrics_port=port,
              **cluster.__dict__)
     status.running = True

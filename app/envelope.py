@@ -10,20 +10,18 @@ from __future__ import annotations
 
 import base64
 from collections import Counter
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 import orjson
 
 from app.errors import InvalidMessageError
+from app.settings import EnvelopeOptions
 from app.transform import Transform, TransformError, apply_transform
 
 Payload = bytes | str
-PayloadMode = Literal["json", "text"]
-InvalidPolicy = Literal["drop", "dead-letter", "fail"]
 
 DEAD_LETTER_RAW_LIMIT = 1024
 """Bytes of an oversized frame kept in its dead-letter record."""
@@ -116,17 +114,10 @@ def _raw_field(payload: Payload, limit: int | None) -> dict[str, Any]:
 class EnvelopeBuilder:
     """Turns chunks into outcomes for the given payload mode, size limits, hook and policy."""
 
-    def __init__(
-        self,
-        *,
-        payload: PayloadMode,
-        max_message_bytes: Mapping[str, int],
-        on_invalid: InvalidPolicy,
-        transform: Transform | None = None,
-    ) -> None:
-        self._decode = _decode_json if payload == "json" else _decode_text
-        self._max_bytes = max_message_bytes
-        self._on_invalid = on_invalid
+    def __init__(self, options: EnvelopeOptions, transform: Transform | None = None) -> None:
+        self._decode = _decode_json if options.payload == "json" else _decode_text
+        self._max_bytes = options.max_message_bytes
+        self._on_invalid = options.on_invalid
         self._transform = transform
 
     def __call__(self, chunk: Chunk) -> Outcome:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import sys
-import threading
 import time
 
 import structlog
@@ -54,21 +53,6 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     # websockets logs every failed handshake and keepalive timeout at INFO/ERROR with a
     # traceback; our own connect/disconnect events already say the same with context.
     logging.getLogger("websockets").setLevel(max(logging.WARNING, root.level))
-
-
-# Keyed by OS thread: Bytewax's worker threads are Rust threads, which may get a fresh Python
-# thread state (and so fresh threading.local() values) each time they call into Python.
-_workers: dict[int, int] = {}
-
-
-def set_worker(index: int) -> None:
-    """Record the Bytewax worker index of the calling (worker) thread, for log context."""
-    _workers[threading.get_ident()] = index
-
-
-def current_worker() -> int | str:
-    """The worker index of this thread (set when its sink was built), else the thread's name."""
-    return _workers.get(threading.get_ident(), threading.current_thread().name)
 
 
 class RateLimiter:

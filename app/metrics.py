@@ -1,13 +1,14 @@
-"""Every metric ws-ingest exports, in one place (names fixed by CONTRACT.md).
+"""Every metric ws-ingest exports (names fixed by CONTRACT.md), on one registry.
 
-Module-level objects on prometheus-client's default registry, so the metrics of every worker
-thread in the process appear on the one /metrics endpoint. Labels stay low-cardinality: `source`
-is a configured feed name, `reason` one of three words.
+`Metrics` declares every family on the registry it is given (prometheus-client's default one in
+the service, a fresh one per test); `Metrics.feed(name)` and `Metrics.sink()` hand a partition the
+children it writes, created up front so every series reads 0 rather than missing. Labels stay
+low-cardinality: `source` is a configured feed name, the rest are fixed words.
 """
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 # 1 ms to 30 s.
 LATENCY_BUCKETS = (
@@ -19,97 +20,104 @@ CONTROL_KINDS = ("heartbeat", "reply", "control", "ack", "notice")
 ROTATION_REASONS = ("age", "notice")
 CONNECT_FAILURE_REASONS = ("dns", "refused", "timeout", "tls", "rejected", "other")
 
-batch_latency = Histogram(
-    "ingest_batch_latency_seconds",
-    "Per batch written to the sink: receipt of its oldest message of the feed to end of write.",
-    ["source"], buckets=LATENCY_BUCKETS,
-)
-message_latency = Histogram(
-    "ingest_message_latency_seconds",
-    "Per message: receipt to end of the write.",
-    buckets=LATENCY_BUCKETS,
-)
-source_batch_size = Histogram(
-    "ingest_source_batch_size",
-    "Messages per (non-empty) source poll.",
-    ["source"], buckets=BATCH_SIZE_BUCKETS,
-)
-sink_write_seconds = Histogram(
-    "ingest_sink_write_seconds", "Duration of each sink write_batch.", buckets=LATENCY_BUCKETS,
-)
-messages_received = Counter(
-    "ingest_messages_received", "Frames received, valid or not.", ["source"],
-)
-bytes_received = Counter(
-    "ingest_bytes_received", "Payload bytes received (without framing).", ["source"],
-)
-messages_sent = Counter("ingest_messages_sent", "Frames written to the sink.")
-messages_invalid = Counter(
-    "ingest_messages_invalid", "Invalid frames by reason.", ["source", "reason"],
-)
-messages_dropped = Counter(
-    "ingest_messages_dropped", "Messages dropped by the user transform.", ["source"],
-)
-source_up = Gauge("ingest_source_up", "1 while the feed is connected.", ["source"])
-source_connects = Counter(
-    "ingest_source_connects", "Successful (re)connects to the feed.", ["source"],
-)
-source_last_message = Gauge(
-    "ingest_source_last_message_timestamp_seconds",
-    "Unix time of the last message from the feed.", ["source"],
-)
-sink_up = Gauge("ingest_sink_up", "1 while every sink connection of this process is open.")
-sink_retries = Counter("ingest_sink_retries", "Resends after a failed sink write.")
-dead_letters_sent = Counter(
-    "ingest_dead_letters_sent", "Records written to the dead-letter socket.",
-)
+
+class Metrics:
+    """Every metric family, registered on `registry`."""
+
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        def histogram(name: str, doc: str, labels: tuple[str, ...] = (),
+                      buckets: tuple[float, ...] = LATENCY_BUCKETS) -> Histogram:
+            return Histogram(name, doc, labels, buckets=buckets, registry=registry)
+
+        def counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:
+            return Counter(name, doc, labels, registry=registry)
+
+        def gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> Gauge:
+            return Gauge(name, doc, labels, registry=registry)
+
+        self.registry = registry
+        self.batch_latency = histogram(
+            "ingest_batch_latency_seconds",
+            "Per batch written to the sink: receipt of its oldest message of the feed to end "
+            "of write.", ("source",))
+        self.message_latency = histogram(
+            "ingest_message_latency_seconds", "Per message: receipt to end of the write.")
+        self.source_batch_size = histogram(
+            "ingest_source_batch_size", "Messages per (non-empty) source poll.", ("source",),
+            buckets=BATCH_SIZE_BUCKETS)
+        self.sink_write_seconds = histogram(
+            "ingest_sink_write_seconds", "Duration of each sink write_batch.")
+        self.messages_received = counter(
+            "ingest_messages_received", "Data frames received, valid or not.", ("source",))
+        self.bytes_received = counter(
+            "ingest_bytes_received", "Payload bytes received (without framing).", ("source",))
+        self.messages_sent = counter("ingest_messages_sent", "Frames written to the sink.")
+        self.messages_invalid = counter(
+            "ingest_messages_invalid", "Invalid frames by reason.", ("source", "reason"))
+        self.messages_dropped = counter(
+            "ingest_messages_dropped", "Messages dropped by the user transform.", ("source",))
+        self.source_up = gauge("ingest_source_up", "1 while the feed is connected.", ("source",))
+        self.source_connects = counter(
+            "ingest_source_connects", "Successful (re)connects to the feed.", ("source",))
+        self.source_last_message = gauge(
+            "ingest_source_last_message_timestamp_seconds",
+            "Unix time of the last message from the feed.", ("source",))
+        self.sink_up = gauge(
+            "ingest_sink_up", "1 while every sink connection of this process is open.")
+        self.sink_retries = counter("ingest_sink_retries", "Resends after a failed sink write.")
+        self.dead_letters_sent = counter(
+            "ingest_dead_letters_sent", "Records written to the dead-letter socket.")
+        # Real venues and the spool (declared from the start, like the rest: CONTRACT.md).
+        self.control_messages = counter(
+            "ingest_control_messages", "Control frames by kind (not data).", ("source", "kind"))
+        self.subscribe_failures = counter(
+            "ingest_subscribe_failures", "Subscriptions refused or not acknowledged in time.",
+            ("source",))
+        self.source_rotations = counter(
+            "ingest_source_rotations", "Make-before-break reconnects by reason.",
+            ("source", "reason"))
+        self.upstream_gaps = counter(
+            "ingest_upstream_gaps", "Breaks in the upstream sequence.", ("source",))
+        self.upstream_missing = counter(
+            "ingest_upstream_missing", "Upstream sequence numbers never received.", ("source",))
+        self.upstream_lag = histogram(
+            "ingest_upstream_lag_seconds", "Receipt time minus the venue's event time.",
+            ("source",))
+        self.spool_bytes = gauge("ingest_spool_bytes", "Bytes waiting in the spool.")
+        self.spool_messages = gauge("ingest_spool_messages", "Messages waiting in the spool.")
+        self.spool_oldest_age = gauge(
+            "ingest_spool_oldest_age_seconds", "Age of the oldest message waiting (0 when empty).")
+        self.spool_dropped = counter(
+            "ingest_spool_dropped", "Messages refused by a full spool with drop_newest.")
+        self.source_connect_failures = counter(
+            "ingest_source_connect_failures", "Failed connection attempts by reason.",
+            ("source", "reason"))
+
+    def feed(self, source: str) -> FeedMetrics:
+        return FeedMetrics(self, source)
 
 
-# Real venues and the spool (declared from the start, like the rest: CONTRACT.md).
-control_messages = Counter(
-    "ingest_control_messages", "Control frames by kind (not data).", ["source", "kind"],
-)
-subscribe_failures = Counter(
-    "ingest_subscribe_failures", "Subscriptions refused or not acknowledged in time.", ["source"],
-)
-source_rotations = Counter(
-    "ingest_source_rotations", "Make-before-break reconnects by reason.", ["source", "reason"],
-)
-upstream_gaps = Counter(
-    "ingest_upstream_gaps", "Breaks in the upstream sequence.", ["source"],
-)
-upstream_missing = Counter(
-    "ingest_upstream_missing", "Upstream sequence numbers never received.", ["source"],
-)
-upstream_lag = Histogram(
-    "ingest_upstream_lag_seconds", "Receipt time minus the venue's event time.",
-    ["source"], buckets=LATENCY_BUCKETS,
-)
-spool_bytes = Gauge("ingest_spool_bytes", "Bytes waiting in the spool.")
-spool_messages = Gauge("ingest_spool_messages", "Messages waiting in the spool.")
-spool_oldest_age = Gauge(
-    "ingest_spool_oldest_age_seconds", "Age of the oldest message waiting (0 when empty).",
-)
-spool_dropped = Counter(
-    "ingest_spool_dropped", "Messages refused by a full spool with drop_newest.",
-)
-source_connect_failures = Counter(
-    "ingest_source_connect_failures", "Failed connection attempts by reason.",
-    ["source", "reason"],
-)
+class FeedMetrics:
+    """One feed's labelled children, created (at 0) when its partition is built."""
 
-
-def init_source(source: str) -> None:
-    """Create a feed's labelled series up front, so they read 0 rather than missing."""
-    for metric in (batch_latency, source_batch_size, messages_received, bytes_received,
-                   messages_dropped, source_up, source_connects, source_last_message,
-                   subscribe_failures, upstream_gaps, upstream_missing, upstream_lag):
-        metric.labels(source)
-    for reason in INVALID_REASONS:
-        messages_invalid.labels(source, reason)
-    for kind in CONTROL_KINDS:
-        control_messages.labels(source, kind)
-    for reason in ROTATION_REASONS:
-        source_rotations.labels(source, reason)
-    for reason in CONNECT_FAILURE_REASONS:
-        source_connect_failures.labels(source, reason)
+    def __init__(self, metrics: Metrics, source: str) -> None:
+        self.received = metrics.messages_received.labels(source)
+        self.bytes = metrics.bytes_received.labels(source)
+        self.batch_size = metrics.source_batch_size.labels(source)
+        self.last_message = metrics.source_last_message.labels(source)
+        self.up = metrics.source_up.labels(source)
+        self.connects = metrics.source_connects.labels(source)
+        self.connect_failures = {reason: metrics.source_connect_failures.labels(source, reason)
+                                 for reason in CONNECT_FAILURE_REASONS}
+        self.invalid = {reason: metrics.messages_invalid.labels(source, reason)
+                        for reason in INVALID_REASONS}
+        self.control = {kind: metrics.control_messages.labels(source, kind)
+                        for kind in CONTROL_KINDS}
+        self.rotations = {reason: metrics.source_rotations.labels(source, reason)
+                          for reason in ROTATION_REASONS}
+        self.subscribe_failures = metrics.subscribe_failures.labels(source)
+        self.upstream_gaps = metrics.upstream_gaps.labels(source)
+        self.upstream_missing = metrics.upstream_missing.labels(source)
+        self.upstream_lag = metrics.upstream_lag.labels(source)
+        for family in (metrics.messages_dropped, metrics.batch_latency):
+            family.labels(source)

@@ -7,6 +7,8 @@ environment. Header values are `SecretStr`, so they print masked everywhere.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
@@ -22,8 +24,14 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.errors import ConfigError
+from app.retry import Backoff
 
 ENV_PREFIX = "INGEST_"
+
+PayloadMode = Literal["json", "text"]
+InvalidPolicy = Literal["drop", "dead-letter", "fail"]
+Framing = Literal["message", "batch"]
+Confirm = Literal["ping", "none"]
 
 
 def _check_ws_url(url: str) -> str:
@@ -112,14 +120,14 @@ class Settings(BaseSettings):
     source_urls: Annotated[list[FeedSettings], NoDecode] = Field(default_factory=list)
     sink_url: str
     sink_headers: Annotated[dict[str, SecretStr], NoDecode] = Field(default_factory=dict)
-    sink_framing: Literal["message", "batch"] = "message"
-    sink_confirm: Literal["ping", "none"] = "ping"
+    sink_framing: Framing = "message"
+    sink_confirm: Confirm = "ping"
     batch_size: int = Field(1000, ge=1)
     batch_timeout_ms: int = Field(10, ge=1)
     batch_linger_ms: int = Field(0, ge=0)
-    payload: Literal["json", "text"] = "json"
+    payload: PayloadMode = "json"
     transform: str | None = None
-    on_invalid: Literal["drop", "dead-letter", "fail"] = "drop"
+    on_invalid: InvalidPolicy = "drop"
     dead_letter_url: str | None = None
     reconnect_min_ms: int = Field(100, ge=1)
     reconnect_max_ms: int = Field(30_000, ge=1)
@@ -190,17 +198,32 @@ class Settings(BaseSettings):
         return self
 
     @property
-    def reconnect_min_s(self) -> float:
-        return self.reconnect_min_ms / 1000
-
-    @property
-    def reconnect_max_s(self) -> float:
-        return self.reconnect_max_ms / 1000
-
-    @property
     def feeds(self) -> list[FeedSettings]:
         """Every feed, from INGEST_SOURCES then INGEST_SOURCE_URLS."""
         return [*self.sources, *self.source_urls]
+
+    def options(self) -> Options:
+        """The typed options each part of the service takes; secrets revealed only here."""
+        backoff = Backoff(self.reconnect_min_ms / 1000, self.reconnect_max_ms / 1000)
+
+        def sink(name: SinkName, url: str, headers: dict[str, str]) -> SinkOptions:
+            return SinkOptions(
+                name=name, url=url, headers=headers, framing=self.sink_framing,
+                confirm=self.sink_confirm, reconnect=backoff,
+                shutdown_timeout_s=self.shutdown_timeout_ms / 1000)
+
+        return Options(
+            source=SourceOptions(
+                feeds=tuple(self.feeds), payload=self.payload, batch_size=self.batch_size,
+                batch_timeout=timedelta(milliseconds=self.batch_timeout_ms),
+                linger=timedelta(milliseconds=self.batch_linger_ms), reconnect=backoff),
+            envelope=EnvelopeOptions(
+                payload=self.payload, on_invalid=self.on_invalid,
+                max_message_bytes={feed.name: feed.max_message_bytes for feed in self.feeds}),
+            sink=sink("sink", self.sink_url, reveal(self.sink_headers)),
+            dead_letter=(sink("dead_letter", self.dead_letter_url, {})
+                         if self.on_invalid == "dead-letter" and self.dead_letter_url else None),
+        )
 
     def masked(self) -> dict[str, Any]:
         """The effective configuration, secrets masked, as --check-config prints it."""
@@ -211,6 +234,55 @@ class Settings(BaseSettings):
                 if item.get(key):
                     item[key] = mask_url(item[key])
         return data
+
+
+SinkName = Literal["sink", "dead_letter"]
+
+
+@dataclass(frozen=True)
+class SourceOptions:
+    """What the source needs: the feeds and how to poll and reconnect them."""
+
+    feeds: tuple[FeedSettings, ...]
+    payload: PayloadMode
+    batch_size: int
+    batch_timeout: timedelta
+    linger: timedelta
+    reconnect: Backoff
+
+
+@dataclass(frozen=True)
+class EnvelopeOptions:
+    """What the envelope step needs (the transform hook is loaded apart: it is code)."""
+
+    payload: PayloadMode
+    on_invalid: InvalidPolicy
+    max_message_bytes: dict[str, int]
+
+
+@dataclass(frozen=True)
+class SinkOptions:
+    """One outbound connection per worker: the sink, or the dead-letter socket."""
+
+    name: SinkName
+    url: str
+    headers: dict[str, str]
+    framing: Framing
+    confirm: Confirm
+    reconnect: Backoff
+    shutdown_timeout_s: float
+    ping_interval_s: float = 20.0
+    ping_timeout_s: float = 20.0
+
+
+@dataclass(frozen=True)
+class Options:
+    """Everything `build_flow` needs, typed."""
+
+    source: SourceOptions
+    envelope: EnvelopeOptions
+    sink: SinkOptions
+    dead_letter: SinkOptions | None
 
 
 def _variable(loc: tuple[int | str, ...]) -> str:

@@ -1,10 +1,12 @@
-"""Which connections are open: the `up` gauges and /readyz are both derived from here."""
+"""Which connections are open, in one place: `/readyz` and the `up` gauges both read it.
+
+Partitions report their connections here from their own threads; the HTTP thread reads. Nothing
+here writes a metric: the `up` gauges are computed from this record when they are scraped.
+"""
 
 from __future__ import annotations
 
 import threading
-
-from app import metrics
 
 
 class ConnectionStatus:
@@ -20,26 +22,28 @@ class ConnectionStatus:
         self._sinks: dict[str, bool] = {}
         self.running = False
 
-    def add_source(self, name: str) -> None:
-        metrics.init_source(name)
-        self.set_source(name, False)
-
     def set_source(self, name: str, up: bool) -> None:
         with self._lock:
             self._sources[name] = up
-        metrics.source_up.labels(name).set(int(up))
 
     def set_sink(self, connection: str, up: bool) -> None:
         with self._lock:
             self._sinks[connection] = up
-            all_up = all(self._sinks.values())
-        metrics.sink_up.set(int(all_up))
+
+    def source_up(self, name: str) -> bool:
+        with self._lock:
+            return self._sources.get(name, False)
+
+    def sink_up(self) -> bool:
+        """True while every registered sink connection is open (and there is one)."""
+        with self._lock:
+            return bool(self._sinks) and all(self._sinks.values())
 
     def readiness(self) -> dict[str, object]:
         """{"ready": bool, "sources_down": [...], "sink_up": bool}."""
         with self._lock:
             down = sorted(name for name, up in self._sources.items() if not up)
-            sink_up = bool(self._sinks) and all(self._sinks.values())
             started = bool(self._sources) or bool(self._sinks)
+        sink_up = self.sink_up()
         return {"ready": started and not down and sink_up, "sources_down": down,
                 "sink_up": sink_up}

@@ -14,8 +14,8 @@ from __future__ import annotations
 import json
 import time
 
-from tests.servers import Sink, WsServer, feed_handler
-from tests.service import Service
+from support.servers import Sink, WsServer, feed_handler
+from support.service import Service
 
 PING_S = 2.0
 OUTAGES_S = (1.0, 2.5, 4.0, 6.0)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.service import free_port, http_get
+from support.service import free_port, http_get
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -5,8 +5,8 @@ from typing import Any
 
 import pytest
 
-from tests.servers import Sink, WsServer
-from tests.service import Service
+from support.servers import Sink, WsServer
+from support.service import Service
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.service import ROOT
+from support.service import ROOT
 
 SINK = "ws://127.0.0.1:9/out"
 

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-import signal
 
-from tests.servers import feed_handler
-from tests.service import free_port
+from support.servers import feed_handler
+from support.service import free_port, free_ports
 
 
 def test_two_processes_share_six_feeds_in_order(sink, servers, service):
@@ -26,7 +25,7 @@ def test_two_processes_share_six_feeds_in_order(sink, servers, service):
     feeds = [servers(recording(name)) for name in names]
     sources = [{"name": name, "url": feed.url} for name, feed in zip(names, feeds, strict=True)]
     addresses = f"127.0.0.1:{free_port()};127.0.0.1:{free_port()}"
-    base_port = free_port()
+    base_port = free_ports(2)  # process i serves on INGEST_METRICS_PORT + i
     env = {"INGEST_SOURCES": json.dumps(sources), "INGEST_SINK_URL": sink.url,
            "INGEST_METRICS_PORT": str(base_port), "BYTEWAX_ADDRESSES": addresses,
            "INGEST_WORKERS": "2"}
@@ -48,7 +47,7 @@ def test_two_processes_share_six_feeds_in_order(sink, servers, service):
     assert sink.connections == 4  # one sink connection per worker, 2 x 2
 
     for process in processes:  # the whole cluster at once, as compose or Kubernetes stops it
-        process.process.send_signal(signal.SIGTERM)
+        process.stop()
     assert [p.terminate() for p in processes] == [0, 0]
     assert sink.wait_for(lambda s: len(s.close_codes) == 4, 5)
     assert sink.close_codes == [1000] * 4
@@ -59,7 +58,7 @@ def test_when_one_process_dies_the_cluster_stops(sink, servers, service):
     feeds = [servers(feed_handler(10**6, name=f"d{i}", interval=0.001)) for i in range(4)]
     addresses = f"127.0.0.1:{free_port()};127.0.0.1:{free_port()}"
     env = {"INGEST_SOURCE_URLS": ",".join(f.url for f in feeds), "INGEST_SINK_URL": sink.url,
-           "INGEST_METRICS_PORT": str(free_port()), "BYTEWAX_ADDRESSES": addresses}
+           "INGEST_METRICS_PORT": str(free_ports(2)), "BYTEWAX_ADDRESSES": addresses}
     processes = [service({**env, "BYTEWAX_PROCESS_ID": str(i)}) for i in range(2)]
     for process in processes:
         process.wait_ready()

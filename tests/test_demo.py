@@ -8,7 +8,7 @@ import sys
 import time
 
 from app.demo.receiver import Tally
-from tests.service import ROOT, free_port, http_get
+from support.service import ROOT, free_port, http_get
 
 
 def test_tally_counts_gaps_and_repeats():

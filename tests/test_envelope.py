@@ -5,6 +5,7 @@ import pytest
 
 from app.envelope import Chunk, EnvelopeBuilder, Frame, format_timestamp, payload_size
 from app.errors import InvalidMessageError
+from app.settings import EnvelopeOptions
 
 T = 1_795_000_000.123456  # 2026-11-18T...
 
@@ -14,8 +15,8 @@ def frame(seq, payload, received_at=T):
 
 
 def build(frames, *, payload="json", on_invalid="drop", transform=None, limit=100):
-    builder = EnvelopeBuilder(payload=payload, max_message_bytes={"f": limit},
-                              on_invalid=on_invalid, transform=transform)
+    builder = EnvelopeBuilder(EnvelopeOptions(payload=payload, on_invalid=on_invalid,
+                                              max_message_bytes={"f": limit}), transform)
     return builder(Chunk("f", frames))
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import deaf_handler, feed_handler, tick
-from tests.service import free_port, http_get
+from support.servers import deaf_handler, feed_handler, tick
+from support.service import free_port, http_get
 
 HISTOGRAMS = {
     "ingest_batch_latency_seconds": ("source",),

@@ -7,7 +7,8 @@ import os
 import signal
 import time
 
-from tests.servers import feed_handler, script_handler, tick
+from support.servers import feed_handler, script_handler, tick
+from support.wait import holds_for
 
 
 def contiguous(seqs: list[int], n: int) -> bool:
@@ -83,7 +84,7 @@ def test_a_sink_outage_loses_nothing_that_was_read(sink, servers, service):
 
 
 def test_frames_lost_with_a_broken_sink_connection_are_resent(servers, service):
-    from tests.servers import Sink
+    from support.servers import Sink
 
     # The sink stops reading after 517 envelopes, mid-batch, and its connection dies: what was
     # in flight is gone, and only the ping that was never answered tells the service so.
@@ -138,7 +139,7 @@ def test_garbage_is_counted_and_skipped_under_drop(sink, servers, service):
 
 
 def test_garbage_goes_to_the_dead_letter_socket(sink, servers, service):
-    from tests.servers import Sink
+    from support.servers import Sink
 
     dead = Sink()
     try:
@@ -223,10 +224,10 @@ def test_sigterm_with_the_sink_down_gives_up_after_the_shutdown_timeout(sink, se
 
 def test_a_second_signal_aborts(sink, servers, service):
     app = flowing_then_sink_down(sink, servers, service, 30_000)
-    app.process.send_signal(signal.SIGTERM)  # waits up to 30 s for the sink...
-    time.sleep(0.5)
-    assert app.process.poll() is None
-    assert app.terminate(timeout=5) == 130  # ...unless told twice
+    app.stop()  # waits up to 30 s for the sink...
+    assert holds_for(lambda: app.process.poll() is None, 0.5)
+    app.process.send_signal(signal.SIGTERM)
+    assert app.process.wait(5) == 130  # ...unless told twice
     assert any(e["event"] == "aborted" for e in app.logs())
 
 
@@ -240,8 +241,8 @@ def test_two_workers_four_feeds_keep_per_feed_order(sink, servers, service):
     for seqs in by_source.values():
         assert contiguous(seqs, 2000)
     assert sink.connections == 2  # one sink connection per worker
-    workers = {e["worker"] for e in app.logs() if e["event"] == "source_connected"}
-    assert len(workers) == 2, workers
+    partitions = {e["partition"] for e in app.logs() if e["event"] == "source_connected"}
+    assert partitions == {"feeds-0", "feeds-1"}  # one partition per worker
     assert app.terminate() == 0
 
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.servers import Sink, feed_handler, script_handler, tick
+from support.servers import Sink, feed_handler, script_handler, tick
 
 
 def test_an_idle_sink_connection_answers_the_servers_pings(servers, service):

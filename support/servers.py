@@ -70,12 +70,78 @@ class WsServer:
         self._thread.stop()
 
 
+class CuttingProxy:
+    """A TCP proxy on 127.0.0.1 in front of `target_port` that can cut its connections.
+
+    `cut()` stops forwarding what clients send (it is dropped, as on a dead network path), then
+    aborts both sides `after_s` later. It works below the WebSocket library, so nothing in the
+    peer's stack can read on past the cut.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self._target = target_port
+        self._thread = LoopThread()
+        self._pairs: list[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = []
+        self._frozen: set[asyncio.StreamWriter] = set()
+
+        async def start() -> asyncio.Server:
+            return await asyncio.start_server(self._handle, "127.0.0.1", 0)
+
+        self._server: asyncio.Server = self._thread.call(start())
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _handle(self, client_r: asyncio.StreamReader,
+                      client_w: asyncio.StreamWriter) -> None:
+        server_r, server_w = await asyncio.open_connection("127.0.0.1", self._target)
+        self._pairs.append((client_w, server_w))
+
+        async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                       upstream: bool) -> None:
+            try:
+                while data := await reader.read(65536):
+                    if not (upstream and server_w in self._frozen):
+                        writer.write(data)
+                        await writer.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                writer.close()
+
+        await asyncio.gather(pump(client_r, server_w, True), pump(server_r, client_w, False))
+
+    def cut(self, after_s: float = 0.5) -> None:
+        """Drop what every open connection's client sends from now on; abort them later."""
+        def freeze() -> None:
+            pairs = list(self._pairs)
+            self._frozen.update(server for _, server in pairs)
+
+            def abort() -> None:
+                for client, server in pairs:
+                    for writer in (client, server):
+                        writer.transport.abort()
+
+            self._thread.loop.call_later(after_s, abort)
+
+        self._thread.loop.call_soon_threadsafe(freeze)
+
+    def close(self) -> None:
+        async def stop() -> None:
+            self._server.close()
+            for client, server in self._pairs:
+                client.transport.abort()
+                server.transport.abort()
+
+        self._thread.call(stop())
+        self._thread.stop()
+
+
 class Sink:
     """A sink server recording every envelope it receives, and how each connection closed."""
 
     def __init__(self, port: int = 0, cut_after: int = 0, **options: Any) -> None:
-        """`cut_after`: on the first connection, stop reading after that many envelopes and
-        abort the TCP connection half a second later."""
+        """`cut_after`: once that many envelopes arrived on the first connection, the network
+        path dies: what the service sends is dropped, and the connection is aborted half a
+        second later (clients reach the sink through a `CuttingProxy`)."""
         self._cut_after = cut_after
         self.messages: list[dict[str, Any]] = []
         self.raw_frames: list[str] = []
@@ -83,10 +149,11 @@ class Sink:
         self.connections = 0
         self._lock = threading.Lock()
         self.server = WsServer(self._handle, port, **options)
+        self._proxy = CuttingProxy(self.server.port) if cut_after else None
 
     @property
     def url(self) -> str:
-        return self.server.url
+        return f"ws://127.0.0.1:{self._proxy.port}" if self._proxy else self.server.url
 
     async def _handle(self, ws: ServerConnection) -> None:
         with self._lock:
@@ -99,14 +166,10 @@ class Sink:
                     self.raw_frames.append(frame)
                     self.messages.extend(decoded if isinstance(decoded, list) else [decoded])
                     cut = self.connections == 1 and len(self.messages) == self._cut_after
-                if cut:
-                    # Stop reading from the network (for good: websockets' own flow control
-                    # must not resume it): frames still in the kernel's buffers, and the ping
-                    # after them, never reach this stack. Frames the stack already parsed are
-                    # still consumed below. Then the TCP connection dies.
-                    ws.transport.pause_reading()
-                    ws.transport.resume_reading = lambda: None  # type: ignore[method-assign]
-                    asyncio.get_running_loop().call_later(0.5, ws.transport.abort)
+                if cut and self._proxy is not None:
+                    # Frames the proxy has not forwarded yet, and the ping after them, never
+                    # arrive; those already here are still consumed below.
+                    self._proxy.cut()
         except ConnectionClosed:
             pass
         with self._lock:
@@ -132,6 +195,8 @@ class Sink:
             return predicate(self)
 
     def close(self) -> None:
+        if self._proxy is not None:
+            self._proxy.close()
         self.server.close()
 
 

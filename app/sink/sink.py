@@ -3,7 +3,8 @@
 Each partition runs its own event loop in a thread of its own, for as long as the partition
 lives: the connection is bound to that loop, and the loop keeps answering the server's pings and
 noticing closes while no data flows (a loop run only inside `write_batch` would not).
-`write_batch` hands the batch to that loop and waits for the result.
+`write_batch` runs on the worker thread: it hands the batch to that loop and waits for the
+result.
 """
 
 from __future__ import annotations
@@ -13,55 +14,39 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
 from typing import Any
 
 import structlog
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from websockets.frames import CloseCode
 from websockets.protocol import State
 
-from app import metrics
 from app.envelope import Encoded
-from app.logs import set_worker
-from app.settings import mask_url
+from app.metrics import Metrics
+from app.net import BatchingConnection, Endpoint, describe_close, open_connection, reconnect_forever
+from app.settings import SinkOptions, mask_url
+from app.sink.framing import frames_for
 from app.status import ConnectionStatus
-from app.wsconn import BatchingConnection, describe_close, open_connection, reconnect_forever
 
 WAIT_STEP_S = 0.25
-
-
-@dataclass(frozen=True)
-class SinkOptions:
-    url: str
-    headers: dict[str, str]
-    framing: str  # "message" | "batch"
-    confirm: str  # "ping" | "none"
-    reconnect_min_s: float
-    reconnect_max_s: float
-    shutdown_timeout_s: float
-    ping_interval_s: float = 20.0
-    ping_timeout_s: float = 20.0
+OnWritten = Callable[[list[Encoded], float], None]
 
 
 class ShutdownTimeout(Exception):
     """The sink was still unreachable when the shutdown grace period ran out."""
 
 
-def frames_for(messages: list[bytes], framing: str) -> list[bytes]:
-    """The text frames to send: one per message, or one JSON array for the whole batch."""
-    if framing == "batch":
-        return [b"[" + b",".join(messages) + b"]"]
-    return messages
-
-
 class _SinkConnection:
     """Lives in the partition's loop: keeps one connection open and writes through it."""
 
     def __init__(self, options: SinkOptions, status: ConnectionStatus, status_key: str,
-                 stopping: threading.Event, log: structlog.typing.FilteringBoundLogger) -> None:
+                 metrics: Metrics, stopping: threading.Event,
+                 log: structlog.typing.FilteringBoundLogger) -> None:
         self._options = options
+        self._endpoint = Endpoint(url=options.url, headers=options.headers, max_size=None)
         self._status = status
         self._status_key = status_key
+        self._metrics = metrics
         self._stopping = stopping
         self._log = log
         self._ws: BatchingConnection | None = None
@@ -76,25 +61,20 @@ class _SinkConnection:
         options = self._options
         await reconnect_forever(
             lambda: open_connection(
-                options.url, additional_headers=options.headers,
-                ping_interval=options.ping_interval_s, ping_timeout=options.ping_timeout_s,
-                create_connection=BatchingConnection),
-            self._session, on_down=lambda: self._status.set_sink(self._status_key, False),
-            min_s=options.reconnect_min_s, max_s=options.reconnect_max_s, log=self._log,
-            event_prefix="sink")
+                self._endpoint, ping_interval=options.ping_interval_s,
+                ping_timeout=options.ping_timeout_s, create_connection=BatchingConnection),
+            self._session, backoff=options.reconnect, log=self._log, event_prefix="sink",
+            on_down=lambda: self._status.set_sink(self._status_key, False))
 
     async def _session(self, ws: BatchingConnection) -> None:
         """Offer the connection to writers until it closes."""
-        await self._publish(ws)
-        self._log.info("sink_connected")
-        await ws.wait_closed()
-        raise ws.protocol.close_exc
-
-    async def _publish(self, ws: BatchingConnection) -> None:
         async with self._changed:
             self._ws = ws
             self._changed.notify_all()
         self._status.set_sink(self._status_key, True)
+        self._log.info("sink_connected")
+        await ws.wait_closed()
+        raise ws.protocol.close_exc
 
     def _check_stop_deadline(self) -> None:
         """Once stopping, writes get shutdown_timeout_s in all; then ShutdownTimeout."""
@@ -135,10 +115,10 @@ class _SinkConnection:
                     await asyncio.wait_for(pong, self._options.ping_timeout_s)
                 return
             except Exception as exc:
-                metrics.sink_retries.inc()
+                self._metrics.sink_retries.inc()
                 self._log.warning("sink_write_failed", unsent=len(frames), **describe_close(exc))
                 if ws.state is State.OPEN:  # a pong that never came: the connection is unusable
-                    await ws.close(code=1011, reason="ping timeout")
+                    await ws.close(CloseCode.INTERNAL_ERROR, "ping timeout")
                 await ws.wait_closed()
 
     async def close(self) -> None:
@@ -149,19 +129,19 @@ class _SinkConnection:
 
 
 class _SinkPartition(StatelessSinkPartition[Encoded]):
-    def __init__(self, options: SinkOptions, status: ConnectionStatus, stopping: threading.Event,
-                 on_written: Callable[[list[Encoded], float], None], name: str,
-                 worker_index: int) -> None:
+    def __init__(self, options: SinkOptions, status: ConnectionStatus, metrics: Metrics,
+                 stopping: threading.Event, on_written: OnWritten, worker_index: int) -> None:
         self._framing = options.framing
         self._on_written = on_written
-        self._log = structlog.get_logger(f"app.{name}").bind(
+        self._metrics = metrics
+        self._log = structlog.get_logger(f"app.{options.name}").bind(
             url=mask_url(options.url), worker=worker_index)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
-            target=self._loop.run_forever, name=f"{name}-{worker_index}", daemon=True)
+            target=self._loop.run_forever, name=f"{options.name}-{worker_index}", daemon=True)
         self._thread.start()
         self._connection = _SinkConnection(
-            options, status, f"{name}-{worker_index}", stopping, self._log)
+            options, status, f"{options.name}-{worker_index}", metrics, stopping, self._log)
         self._loop.call_soon_threadsafe(self._connection.start)
 
     def _run(self, coroutine: Coroutine[Any, Any, None]) -> None:
@@ -180,7 +160,7 @@ class _SinkPartition(StatelessSinkPartition[Encoded]):
             self._log.error("sink_unsent_at_shutdown", messages=len(messages))
             return
         finished = time.time()
-        metrics.sink_write_seconds.observe(time.perf_counter() - started)
+        self._metrics.sink_write_seconds.observe(time.perf_counter() - started)
         self._on_written(items, finished)
 
     def close(self) -> None:
@@ -203,11 +183,14 @@ class WebSocketSink(DynamicSink[Encoded]):
     workers and processes.
     """
 
-    def __init__(self, options: SinkOptions, status: ConnectionStatus, stopping: threading.Event,
-                 on_written: Callable[[list[Encoded], float], None], name: str = "sink") -> None:
-        self._args = (options, status, stopping, on_written, name)
+    def __init__(self, options: SinkOptions, status: ConnectionStatus, metrics: Metrics,
+                 stopping: threading.Event, on_written: OnWritten) -> None:
+        self._options = options
+        self._status = status
+        self._metrics = metrics
+        self._stopping = stopping
+        self._on_written = on_written
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _SinkPartition:
-        # Bytewax builds a worker's sinks on its thread before its source partitions.
-        set_worker(worker_index)
-        return _SinkPartition(*self._args, worker_index)
+        return _SinkPartition(self._options, self._status, self._metrics, self._stopping,
+                              self._on_written, worker_index)

@@ -23,7 +23,29 @@ ROOT = Path(__file__).resolve().parent.parent
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return int(s.getsockname()[1])
+
+
+def free_ports(count: int) -> int:
+    """A port p such that p, p+1, ..., p+count-1 are all free now (for a cluster's HTTP ports:
+    process i listens on INGEST_METRICS_PORT + i)."""
+    for _ in range(100):
+        base = free_port()
+        if base + count > 65535:
+            continue
+        sockets = []
+        try:
+            for port in range(base, base + count):
+                sock = socket.socket()
+                sockets.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+    raise RuntimeError(f"no {count} consecutive free ports")
 
 
 def http_get(url: str, timeout: float = 5) -> tuple[int, bytes]:
@@ -55,6 +77,7 @@ class Service:
         # Closed in close(): they outlive this method.
         self._out = tempfile.NamedTemporaryFile(prefix="ingest-out-", delete=False)  # noqa: SIM115
         self._err = tempfile.NamedTemporaryFile(prefix="ingest-err-", delete=False)  # noqa: SIM115
+        self._stop_sent = False
         self.process = subprocess.Popen(
             [sys.executable, "-m", "app", *args], env=full_env, cwd=cwd or ROOT,
             stdout=self._out, stderr=self._err, stdin=subprocess.DEVNULL)
@@ -102,10 +125,16 @@ class Service:
             time.sleep(0.1)
         raise AssertionError(f"not ready in {timeout}s: {self.get('/readyz')}\n{self.stdout()}")
 
-    def terminate(self, timeout: float = 10) -> int:
-        """SIGTERM, then the exit status (killed and failed if it takes longer than `timeout`)."""
-        if self.process.poll() is None:
+    def stop(self) -> None:
+        """Send SIGTERM once: a second signal would abort the shutdown (exit 130)."""
+        if not self._stop_sent and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
+            self._stop_sent = True
+
+    def terminate(self, timeout: float = 10) -> int:
+        """SIGTERM (unless sent already), then the exit status (killed, and an AssertionError,
+        if it takes longer than `timeout`)."""
+        self.stop()
         try:
             return self.process.wait(timeout)
         except subprocess.TimeoutExpired:

@@ -1,0 +1,148 @@
+"""WebSocket source: the feeds spread over a few partitions, each reading many feeds in one loop.
+
+`WebSocketSource` is a `FixedPartitionedSource` with one partition per worker of the cluster
+(`feeds-0` … `feeds-{n-1}`; Bytewax hands each worker one of them), feed `i` going to partition
+`i mod n`. A partition owns one event loop; in it, an async generator (`_FeedsPartition._chunks`,
+wrapped by `batch_async` as in Bytewax's async source pattern) starts a `FeedReader` per feed and
+yields whatever any of them read since the last poll. One loop waits on every socket at once, so
+an idle feed costs no poll time and a busy one is served as soon as it has data.
+
+Guarantees: per feed, frames are handed over in the order received, numbered by `seq` from 1
+across reconnects. A feed cannot be replayed: what upstream sends while no connection is open is
+lost; `ingest_source_up` and `ingest_source_connects_total` say when. No resume state: a
+restarted process numbers from 1 again. On `stopping`, a partition closes every connection with
+code 1000 (all at once), hands over what was read, and ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator
+from datetime import datetime, timezone
+
+import structlog
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition, batch_async
+
+from app.envelope import Chunk
+from app.feed.reader import FeedReader
+from app.metrics import Metrics
+from app.settings import FeedSettings, SourceOptions
+from app.status import ConnectionStatus
+
+
+class _FeedsPartition(StatefulSourcePartition[Chunk, None]):
+    """Some feeds, read in one event loop; runs on the worker thread that owns the partition."""
+
+    def __init__(self, key: str, feeds: list[FeedSettings], options: SourceOptions,
+                 status: ConnectionStatus, metrics: Metrics, stopping: threading.Event) -> None:
+        self._options = options
+        self._stopping = stopping
+        self._log = structlog.get_logger("app.source").bind(partition=key)
+        self._loop = asyncio.new_event_loop()
+        self._has_data = asyncio.Event()
+        self._ready: dict[str, FeedReader] = {}  # feeds with frames waiting, in arrival order
+        self._metrics = {feed.name: metrics.feed(feed.name) for feed in feeds}
+        self._readers = [
+            FeedReader(feed, options, status, self._metrics[feed.name], self._mark_ready,
+                       self._log)
+            for feed in feeds]
+        self._polls = batch_async(self._chunks(), options.batch_timeout, 1, self._loop)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._next_awake: datetime | None = None
+        self._stopped = False
+
+    def _mark_ready(self, reader: FeedReader) -> None:
+        self._ready[reader.name] = reader
+        self._has_data.set()
+
+    async def _chunks(self) -> AsyncIterator[list[Chunk]]:
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(reader.run(), name=f"feed {reader.name}")
+                       for reader in self._readers]
+        while True:
+            await self._has_data.wait()
+            yield self._take()
+
+    def _take(self) -> list[Chunk]:
+        """Every feed's waiting frames, one chunk per feed."""
+        ready, self._ready = self._ready, {}
+        self._has_data.clear()
+        chunks = []
+        for reader in ready.values():
+            frames = reader.take()
+            if frames:
+                chunks.append(Chunk(reader.name, frames))
+                metrics = self._metrics[reader.name]
+                metrics.received.inc(len(frames))
+                metrics.bytes.inc(sum(frame.size for frame in frames))
+                metrics.batch_size.observe(len(frames))
+                metrics.last_message.set(frames[-1].received_at)
+        return chunks
+
+    def next_batch(self) -> list[Chunk]:
+        if self._stopping.is_set():
+            return self._drain()
+        polled = next(self._polls)  # batch_async(..., 1): nothing, or one list of chunks
+        chunks = polled[0] if polled else []
+        now = datetime.now(timezone.utc)
+        if not chunks:
+            # Nothing within the poll's timeout: give the worker's other steps a turn.
+            self._next_awake = now + self._options.batch_timeout
+        elif self._options.linger and all(
+                len(chunk.frames) < self._options.batch_size for chunk in chunks):
+            # The operator traded latency for fewer, larger batches (each poll and sink write
+            # has a fixed cost): let more arrive before the next poll.
+            self._next_awake = now + self._options.linger
+        else:
+            self._next_awake = None
+        return chunks
+
+    def _drain(self) -> list[Chunk]:
+        """On shutdown: close every connection at once, hand over what was read, then end."""
+        if self._stopped:
+            raise StopIteration
+        self._stopped = True
+        self._loop.run_until_complete(self._cancel_all())
+        chunks = self._take()
+        self._log.info("source_stopped", handed_over=sum(len(c.frames) for c in chunks))
+        return chunks
+
+    async def _cancel_all(self) -> None:
+        """Cancel every task of this loop (readers close their connections with 1000)."""
+        tasks = asyncio.all_tasks() - {asyncio.current_task()}
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def next_awake(self) -> datetime | None:
+        return self._next_awake
+
+    def snapshot(self) -> None:
+        return None
+
+    def close(self) -> None:
+        loop = self._loop
+        loop.run_until_complete(self._cancel_all())
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+
+
+class WebSocketSource(FixedPartitionedSource[Chunk, None]):
+    """Reads every feed; `partitions` should be the cluster's total number of workers."""
+
+    def __init__(self, options: SourceOptions, partitions: int, status: ConnectionStatus,
+                 metrics: Metrics, stopping: threading.Event) -> None:
+        count = max(1, min(partitions, len(options.feeds)))
+        self._groups = {f"feeds-{i}": list(options.feeds[i::count]) for i in range(count)}
+        self._options = options
+        self._status = status
+        self._metrics = metrics
+        self._stopping = stopping
+
+    def list_parts(self) -> list[str]:
+        return list(self._groups)
+
+    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _FeedsPartition:
+        return _FeedsPartition(for_part, self._groups[for_part], self._options, self._status,
+                               self._metrics, self._stopping)

@@ -1,0 +1,73 @@
+"""How to retry a connection (pure): backoff delays, and what a failed attempt was.
+
+Source and sink both reconnect with `backoff()`; each starts a fresh generator after a connection
+that lived `RESET_AFTER_S`, so a long-lived connection that drops is retried quickly.
+`classify_failure()` is to our reconnect loop what websockets' `process_exception()` is to its
+own: it names why an attempt failed (the `reason` label of
+`ingest_source_connect_failures_total`) and says whether an operator must act (error level).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+import ssl
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+from websockets.exceptions import InvalidStatus
+
+RESET_AFTER_S = 30.0
+
+FailureReason = Literal["dns", "refused", "timeout", "tls", "rejected", "other"]
+ACTION_STATUSES = frozenset({401, 403, 404})
+"""HTTP answers to a handshake that no retry will mend: credentials or the URL are wrong."""
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential backoff with full jitter: delays in [0, cap], the cap doubling."""
+
+    min_s: float
+    max_s: float
+    factor: float = 2.0
+
+    def delays(self, uniform: Callable[[float, float], float] = random.uniform) -> Iterator[float]:
+        cap = self.min_s
+        while True:
+            yield uniform(0.0, cap)
+            cap = min(self.max_s, cap * self.factor)
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why a connection attempt failed, in the words of the metric and of the log."""
+
+    reason: FailureReason
+    detail: str
+    needs_action: bool = False  # log at error level: retrying alone will not fix it
+
+
+def classify_failure(exc: BaseException) -> Failure:
+    """The reason label and a short operator-facing description of a failed attempt."""
+    if isinstance(exc, InvalidStatus):
+        status = exc.response.status_code
+        return Failure("rejected", f"the server answered the handshake with HTTP {status}",
+                       needs_action=status in ACTION_STATUSES)
+    if isinstance(exc, socket.gaierror):
+        return Failure("dns", f"the host name does not resolve ({exc.strerror})",
+                       needs_action=True)
+    if isinstance(exc, ConnectionRefusedError):
+        return Failure("refused", "connection refused: nothing listens on that port")
+    if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
+        return Failure("timeout", "no answer within the open timeout")
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return Failure("tls", "the server's certificate does not verify "
+                              f"({getattr(exc, 'verify_message', None) or exc})",
+                       needs_action=True)
+    if isinstance(exc, ssl.SSLError):
+        return Failure("tls", f"the TLS handshake failed ({getattr(exc, 'reason', None) or exc}): "
+                              "is this a plain ws:// server?", needs_action=True)
+    return Failure("other", repr(exc))

@@ -1,0 +1,1 @@
+"""The sink side: one outbound connection per worker, and the frames written to it."""
