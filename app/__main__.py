@@ -13,14 +13,14 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from types import FrameType
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import structlog
-from bytewax.run import cli_main
+from bytewax.run import cli_main as _untyped_cli_main
 
 from app.errors import ConfigError, IngestError
 from app.flow import build_flow
@@ -32,6 +32,7 @@ from app.status import ConnectionStatus
 from app.transform import Transform, load_transform
 
 EPOCH_INTERVAL = timedelta(seconds=10)
+cli_main = cast(Callable[..., None], _untyped_cli_main)  # Bytewax's runner, not annotated
 E = TypeVar("E", bound=BaseException)
 
 
@@ -89,10 +90,10 @@ def resolve_cluster(args: argparse.Namespace, settings: Settings,
     if process_id is not None and not addresses and "BYTEWAX_HOSTFILE_PATH" in env:
         with open(env["BYTEWAX_HOSTFILE_PATH"]) as hostfile:
             addresses = ";".join(line.strip() for line in hostfile if line.strip())
-    if process_id is not None and not addresses:
-        raise ConfigError(["BYTEWAX_ADDRESSES: required when a process id is given"])
     if process_id is None:
         return Cluster(workers)
+    if not addresses:
+        raise ConfigError(["BYTEWAX_ADDRESSES: required when a process id is given"])
     return Cluster(workers, process_id, addresses.split(";"))
 
 

@@ -103,12 +103,12 @@ def _decode_text(payload: Payload) -> Any:
 
 def _raw_field(payload: Payload, limit: int | None) -> dict[str, Any]:
     raw = payload[:limit] if limit is not None else payload
-    if isinstance(raw, bytes):
-        try:
-            raw = raw.decode()
-        except UnicodeDecodeError:
-            return {"raw": base64.b64encode(raw).decode("ascii"), "raw_encoding": "base64"}
-    return {"raw": raw}
+    if isinstance(raw, str):
+        return {"raw": raw}
+    try:
+        return {"raw": raw.decode()}
+    except UnicodeDecodeError:
+        return {"raw": base64.b64encode(raw).decode("ascii"), "raw_encoding": "base64"}
 
 
 class EnvelopeBuilder:

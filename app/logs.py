@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Callable
 
 import structlog
 
@@ -58,7 +59,8 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
 class RateLimiter:
     """Allows one event per key per `interval` seconds and counts what it held back."""
 
-    def __init__(self, interval: float = 10.0, clock=time.monotonic) -> None:
+    def __init__(self, interval: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._interval = interval
         self._clock = clock
         self._last: dict[object, float] = {}

@@ -18,7 +18,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import structlog
 from websockets.asyncio.client import ClientConnection, connect
@@ -47,8 +47,8 @@ class Endpoint:
 
 @asynccontextmanager
 async def open_connection(
-    endpoint: Endpoint, *, ping_interval: float | None = None, ping_timeout: float | None = None,
-    create_connection: type[C] = ClientConnection,  # type: ignore[assignment]
+    endpoint: Endpoint, connection_class: type[C], *, ping_interval: float | None = None,
+    ping_timeout: float | None = None,
 ) -> AsyncIterator[C]:
     """`websockets.connect`, but a cancelled body (a deliberate stop) closes with 1000.
 
@@ -61,10 +61,10 @@ async def open_connection(
         endpoint.url, additional_headers=endpoint.headers, open_timeout=endpoint.open_timeout,
         max_size=endpoint.max_size, compression="deflate" if endpoint.compression else None,
         ping_interval=ping_interval, ping_timeout=ping_timeout, close_timeout=CLOSE_TIMEOUT_S,
-        create_connection=create_connection, **options,
+        create_connection=connection_class, **options,
     ) as ws:
         try:
-            yield ws  # type: ignore[misc]
+            yield cast(C, ws)  # websockets built it with connection_class
         except asyncio.CancelledError:
             await ws.close(CloseCode.NORMAL_CLOSURE)
             raise

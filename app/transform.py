@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from app.errors import ConfigError
 
@@ -25,7 +25,7 @@ def load_transform(path: str | None) -> Transform | None:
         raise ConfigError([f"INGEST_TRANSFORM: cannot load {path!r} ({exc!r})"]) from None
     if not callable(target):
         raise ConfigError([f"INGEST_TRANSFORM: {path!r} is not callable"])
-    return target
+    return cast(Transform, target)
 
 
 class TransformError(Exception):

@@ -291,3 +291,25 @@ def deaf_handler(after: int = 5) -> Handler:
         await ws.wait_closed()
 
     return handle
+
+
+def contiguous(seqs: list[int], n: int) -> bool:
+    """Exactly 1..n, in order."""
+    return seqs == list(range(1, n + 1))
+
+
+GARBAGE: list[str | bytes] = [  # a feed script: 2 good ticks, 3 decode errors, 1 too large
+    tick("g", 1),
+    "not json {",
+    b"\xff\xfe\x00 not utf-8",
+    json.dumps({"big": "x" * 2000}),  # over max_message_bytes=1000, under 16x
+    "",
+    tick("g", 6),
+]
+
+
+
+def garbage_env(url: str, sink_url: str, **extra: str) -> dict[str, str]:
+    """Service settings for one feed `g` of GARBAGE with max_message_bytes=1000."""
+    return {"INGEST_SOURCES": json.dumps([{"name": "g", "url": url, "max_message_bytes": 1000}]),
+            "INGEST_SINK_URL": sink_url, **extra}

@@ -9,13 +9,14 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
+
+from support.wait import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -114,16 +115,16 @@ class Service:
         return self.metrics().get((name, tuple(sorted(labels.items()))))
 
     def wait_ready(self, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def ready() -> bool:
             assert self.process.poll() is None, f"service exited:\n{self.stderr()}{self.stdout()}"
             try:
-                if self.get("/readyz")[0] == 200:
-                    return
+                return self.get("/readyz")[0] == 200
             except OSError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"not ready in {timeout}s: {self.get('/readyz')}\n{self.stdout()}")
+                return False
+
+        wait_until(ready, timeout, interval=0.1,
+                   message=lambda: f"not ready in {timeout}s: {self.get('/readyz')}\n"
+                                   f"{self.stdout()}")
 
     def stop(self) -> None:
         """Send SIGTERM once: a second signal would abort the shutdown (exit 130)."""

@@ -2,7 +2,7 @@
 # Compose smoke test: `docker compose up` as a newcomer runs it, on this machine's local engine.
 # Checks that every service turns healthy, envelopes reach the receiver, Prometheus scrapes the
 # service, the image runs as non-root without a compiler, and `stop` ends the service with 0.
-# Cleans up (compose down -v, engine stop) also on failure.
+# Cleans up (compose down -v; engine stop, if this script started the engine) also on failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SHARED=${SHARED:-$(cd .. && pwd)/shared}
@@ -14,10 +14,12 @@ IMAGE=ws-ingest:local
 say() { echo "compose-smoke: $*"; }
 fail() { say "FAILED: $*"; "$COMPOSE" ps || true; "$COMPOSE" logs --tail=40 || true; exit 1; }
 
+eval "$("$ENGINE" env)"
+if docker version >/dev/null 2>&1; then engine_was_running=1; else engine_was_running=0; fi
 eval "$("$ENGINE" start)"
 cleanup() {
   "$COMPOSE" --profile cluster down -v --remove-orphans >/dev/null 2>&1 || true
-  "$ENGINE" stop || true
+  [ "$engine_was_running" = 1 ] || "$ENGINE" stop || true  # leave an engine we did not start
 }
 trap cleanup EXIT
 

@@ -1,10 +1,19 @@
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import structlog
+from bytewax.testing import cluster_main, run_main
+from prometheus_client import CollectorRegistry
 
+from app.flow import build_flow
+from app.metrics import Metrics
+from app.settings import ENV_PREFIX, Settings
+from app.status import ConnectionStatus
+from app.transform import load_transform
 from support.servers import Sink, WsServer
 from support.service import Service
 
@@ -44,3 +53,78 @@ def service() -> Iterator[Callable[..., Service]]:
     yield start
     for process in started:
         process.close()
+
+
+class InProcess:
+    """The real dataflow, run in this process by Bytewax's testing runner, configured by the
+    same INGEST_* variables as `python -m app` (given as a dict, not read from the
+    environment), with a registry of its own. The same reading methods as `Service`."""
+
+    def __init__(self, env: dict[str, str], workers: int = 1) -> None:
+        fields = {key.removeprefix(ENV_PREFIX).lower(): value for key, value in env.items()}
+        fields.setdefault("reconnect_min_ms", "50")
+        fields.setdefault("reconnect_max_ms", "500")
+        settings = Settings(_env_file=None, **fields)
+        self.registry = CollectorRegistry()
+        self.status = ConnectionStatus()
+        self.stopping = threading.Event()
+        self.error: BaseException | None = None
+        self._logs = structlog.testing.capture_logs()
+        self._captured = self._logs.__enter__()
+        flow = build_flow(settings.options(), workers=workers,
+                          transform=load_transform(settings.transform), status=self.status,
+                          metrics=Metrics(self.registry), stopping=self.stopping)
+
+        def run() -> None:
+            try:
+                if workers == 1:
+                    run_main(flow)
+                else:
+                    cluster_main(flow, [], 0, worker_count_per_proc=workers)
+            except BaseException as error:  # handed to the test by stop()
+                self.error = error
+
+        self._thread = threading.Thread(target=run, name="dataflow", daemon=True)
+        self._thread.start()
+
+    def metric(self, name: str, **labels: str) -> float | None:
+        return self.registry.get_sample_value(name, labels)
+
+    def logs(self) -> list[dict[str, Any]]:
+        return list(self._captured)
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def stop(self, timeout: float = 10) -> None:
+        """As SIGTERM does: stop reading, flush, close; raise what the dataflow raised."""
+        self.stopping.set()
+        self.join(timeout)
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), f"the dataflow did not end within {timeout} s"
+        if self.error is not None:
+            raise self.error
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self.stopping.set()
+            self._thread.join(15)
+        self._logs.__exit__(None, None, None)
+
+
+@pytest.fixture
+def dataflow() -> Iterator[Callable[..., InProcess]]:
+    """Factory for in-process dataflows, stopped at the end of the test."""
+    started: list[InProcess] = []
+
+    def start(env: dict[str, str], workers: int = 1) -> InProcess:
+        flow = InProcess(env, workers)
+        started.append(flow)
+        return flow
+
+    yield start
+    for flow in reversed(started):
+        flow.close()

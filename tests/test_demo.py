@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 
 from app.demo.receiver import Tally
 from support.service import ROOT, free_port, http_get
+from support.wait import wait_until
 
 
 def test_tally_counts_gaps_and_repeats():
@@ -40,12 +40,14 @@ def test_demo_feed_to_receiver_through_the_service(service):
         app = service({"INGEST_SOURCES": json.dumps(sources),
                        "INGEST_SINK_URL": f"ws://127.0.0.1:{receiver_port}/ingest"})
         app.wait_ready()
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            counts = json.loads(http_get(f"http://127.0.0.1:{receiver_port}/counts")[1])
-            if all(counts["sources"].get(v, {}).get("count", 0) >= 500 for v in ("alpha", "beta")):
-                break
-            time.sleep(0.2)
+        counts: dict = {}
+
+        def both_venues_arrived() -> bool:
+            counts.update(json.loads(http_get(f"http://127.0.0.1:{receiver_port}/counts")[1]))
+            return all(counts["sources"].get(v, {}).get("count", 0) >= 500
+                       for v in ("alpha", "beta"))
+
+        wait_until(both_venues_arrived, 20, interval=0.2)
         assert sorted(counts["sources"]) == ["alpha", "beta"]
         for venue in ("alpha", "beta"):
             assert counts["sources"][venue]["gaps"] == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import subprocess
 import time
@@ -14,6 +15,7 @@ import pytest
 
 from support.servers import deaf_handler, feed_handler, tick
 from support.service import free_port, http_get
+from support.wait import wait_until
 
 HISTOGRAMS = {
     "ingest_batch_latency_seconds": ("source",),
@@ -43,7 +45,7 @@ def test_every_contract_metric_is_exported_and_adds_up(sink, servers, service):
     sources = [{"name": name, "url": feed.url} for name, feed in feeds.items()]
     app = service({"INGEST_SOURCES": json.dumps(sources), "INGEST_SINK_URL": sink.url})
     assert sink.wait_for(lambda s: len(s.messages) >= 2 * n, 30)
-    time.sleep(0.2)
+    wait_until(lambda: app.metric("ingest_messages_sent_total") == 2 * n)
     samples = app.metrics()
     names = {name for name, _ in samples}
     labels_of = {}
@@ -95,9 +97,7 @@ def test_readyz_follows_the_feeds_and_healthz_stays_up(sink, servers, service):
     assert app.get("/healthz")[0] == 200
 
     flaky.stop()
-    deadline = time.monotonic() + 10
-    while app.get("/readyz")[0] != 503 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: app.get("/readyz")[0] == 503, 10)
     code, body = app.get("/readyz")
     assert code == 503
     assert json.loads(body) == {"ready": False, "sources_down": ["flaky"], "sink_up": True}
@@ -119,9 +119,7 @@ def test_readyz_names_a_sink_that_is_down(sink, servers, service):
                    "INGEST_SINK_URL": sink.url})
     app.wait_ready()
     sink.server.stop()
-    deadline = time.monotonic() + 10
-    while app.get("/readyz")[0] != 503 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: app.get("/readyz")[0] == 503, 10)
     assert json.loads(app.get("/readyz")[1]) == {
         "ready": False, "sources_down": [], "sink_up": False}
     sink.server.start()
@@ -138,9 +136,8 @@ def test_source_up_drops_within_ping_interval_plus_timeout(sink, servers, servic
                    "INGEST_RECONNECT_MIN_MS": "5000", "INGEST_RECONNECT_MAX_MS": "5000"})
     assert sink.wait_for(lambda s: len(s.messages) >= 5)
     went_deaf = time.monotonic()  # the feed stopped reading right after its 5th tick
-    while app.metric("ingest_source_up", source="deaf") == 1:
-        assert time.monotonic() - went_deaf < 10, "ingest_source_up never dropped"
-        time.sleep(0.02)
+    wait_until(lambda: app.metric("ingest_source_up", source="deaf") == 0, 10,
+               message="ingest_source_up never dropped")
     took = time.monotonic() - went_deaf
     print(f"ingest_source_up dropped {took:.2f}s after the feed went deaf")
     assert took <= ping_interval + ping_timeout + 0.5  # 0.5 s: polling of this test
@@ -153,7 +150,11 @@ def test_source_up_drops_within_ping_interval_plus_timeout(sink, servers, servic
 def prometheus(tmp_path: Path):
     """Start Debian's prometheus on 127.0.0.1 with a config that a test writes."""
     binary = shutil.which("prometheus")
-    assert binary, "prometheus is not installed: `apt-get install prometheus` (.ci/run does)"
+    if binary is None:
+        hint = "Debian's prometheus is not on the PATH: `apt-get install prometheus` (.ci/run does)"
+        if os.environ.get("CI"):
+            pytest.fail(hint)  # CI installs it: missing there is a broken setup, not a skip
+        pytest.skip(hint)
     processes = []
 
     def start(targets: list[str]) -> str:
@@ -168,15 +169,15 @@ def prometheus(tmp_path: Path):
             [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
              f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=log))
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
+
+        def ready() -> bool:
             try:
-                if http_get(base + "/-/ready")[0] == 200:
-                    return base
+                return http_get(base + "/-/ready")[0] == 200
             except OSError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError((tmp_path / "prometheus.log").read_text())
+                return False
+
+        wait_until(ready, 30, message=lambda: (tmp_path / "prometheus.log").read_text())
+        return base
 
     yield start
     for process in processes:
@@ -199,13 +200,14 @@ def test_a_real_prometheus_scrapes_batch_latency_per_feed(sink, servers, service
     base = prometheus([f"127.0.0.1:{app.port}"])
     p99 = ("histogram_quantile(0.99, sum by (le, source) "
            "(rate(ingest_batch_latency_seconds_bucket[1m])))")
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        result = query(base, p99)
-        values = {r["metric"]["source"]: float(r["value"][1]) for r in result}
-        if sorted(values) == names and all(math.isfinite(v) for v in values.values()):
-            break
-        time.sleep(0.5)
+    values: dict[str, float] = {}
+
+    def both_feeds_have_a_p99() -> bool:
+        values.clear()
+        values.update({r["metric"]["source"]: float(r["value"][1]) for r in query(base, p99)})
+        return sorted(values) == names and all(math.isfinite(v) for v in values.values())
+
+    wait_until(both_feeds_have_a_p99, 30, interval=0.5, message=lambda: str(values))
     print("p99 batch latency per feed, from Prometheus:", values)
     assert sorted(values) == names
     assert all(math.isfinite(v) and 0 < v < 30 for v in values.values())

@@ -64,7 +64,7 @@ class FeedReader:
     async def run(self) -> None:
         """Connect, read and reconnect until cancelled (then close with 1000)."""
         await reconnect_forever(
-            lambda: open_connection(self._endpoint), self._session,
+            lambda: open_connection(self._endpoint, ClientConnection), self._session,
             backoff=self._options.reconnect, log=self._log, event_prefix="source",
             on_down=self._down, on_failure=self._failed, on_closed=self._closed)
 

@@ -61,8 +61,8 @@ class _SinkConnection:
         options = self._options
         await reconnect_forever(
             lambda: open_connection(
-                self._endpoint, ping_interval=options.ping_interval_s,
-                ping_timeout=options.ping_timeout_s, create_connection=BatchingConnection),
+                self._endpoint, BatchingConnection, ping_interval=options.ping_interval_s,
+                ping_timeout=options.ping_timeout_s),
             self._session, backoff=options.reconnect, log=self._log, event_prefix="sink",
             on_down=lambda: self._status.set_sink(self._status_key, False))
 

@@ -1,0 +1,109 @@
+"""The sink partitions in process: keepalive, framing, outages and resends, dead letters."""
+
+from __future__ import annotations
+
+import pytest
+
+from support.servers import GARBAGE, Sink, feed_handler, garbage_env, script_handler, tick
+from support.wait import holds_for, wait_until
+
+
+def test_an_idle_sink_connection_answers_the_servers_pings(servers, dataflow):
+    # The sink server drops a client that leaves a ping unanswered for 0.3 s. The service's
+    # sink loop runs in a thread of its own, so it answers while no data flows.
+    sink = Sink(ping_interval=0.2, ping_timeout=0.3)
+    try:
+        feed = servers(script_handler([tick("f", 1)]))
+        app = dataflow({"INGEST_SOURCE_URLS": feed.url, "INGEST_SINK_URL": sink.url})
+        assert sink.wait_for(lambda s: len(s.messages) == 1)
+        # Ten ping intervals without data, and the connection holds.
+        assert holds_for(lambda: sink.connections == 1 and sink.close_codes == [], 3)
+        assert app.metric("ingest_sink_up") == 1
+        app.stop()
+    finally:
+        sink.close()
+
+
+
+@pytest.mark.parametrize("confirm", ["ping", "none"])
+def test_batch_framing_sends_json_arrays(sink, servers, dataflow, confirm):
+    feed = servers(feed_handler(3000, name="b"))
+    app = dataflow({"INGEST_SOURCE_URLS": feed.url, "INGEST_SINK_URL": sink.url,
+                   "INGEST_SINK_FRAMING": "batch", "INGEST_SINK_CONFIRM": confirm})
+    assert sink.wait_for(lambda s: len(s.messages) >= 3000)
+    assert all(frame.startswith("[") for frame in sink.raw_frames)
+    assert len(sink.raw_frames) < 3000  # batches, not one frame per message
+    assert sink.by_source()[feed.url[5:]] == list(range(1, 3001))
+    assert app.metric("ingest_messages_sent_total") == 3000
+    app.stop()
+
+
+
+
+def test_a_sink_outage_loses_nothing_that_was_read(sink, servers, dataflow):
+    feed = servers(feed_handler(6000, name="steady", interval=0.001))
+    app = dataflow({"INGEST_SOURCE_URLS": feed.url, "INGEST_SINK_URL": sink.url})
+    assert sink.wait_for(lambda s: len(s.messages) >= 300, 20)
+    sink.server.stop()
+    wait_until(lambda: app.metric("ingest_sink_up") == 0)
+    assert holds_for(lambda: app.metric("ingest_sink_up") == 0, 2)  # an outage of 2 s
+    sink.server.start()
+    assert sink.wait_for(lambda s: len({m["seq"] for m in s.messages}) >= 6000, 40)
+    received = app.metric("ingest_messages_received_total", source=feed.url[5:])
+    seqs = sink.by_source()[feed.url[5:]]
+    assert sorted(set(seqs)) == list(range(1, int(received) + 1))
+    # Resends come back in order, so the first appearances are in order too.
+    first_seen = list(dict.fromkeys(seqs))
+    assert first_seen == sorted(first_seen)
+    assert sink.connections == 2
+    assert app.metric("ingest_sink_up") == 1
+    app.stop()
+
+
+
+def test_frames_lost_with_a_broken_sink_connection_are_resent(servers, dataflow):
+    from support.servers import Sink
+
+    # The sink stops reading after 517 envelopes, mid-batch, and its connection dies: what was
+    # in flight is gone, and only the ping that was never answered tells the service so.
+    sink = Sink(cut_after=517)
+    try:
+        feed = servers(feed_handler(20_000, name="steady", interval=0.0001))  # outlasts the cut
+        app = dataflow({"INGEST_SOURCE_URLS": feed.url, "INGEST_SINK_URL": sink.url})
+        source = feed.url[5:]
+        assert sink.wait_for(lambda s: len({m["seq"] for m in s.messages}) >= 20_000, 40)
+        seqs = sink.by_source()[source]
+        assert sorted(set(seqs)) == list(range(1, 20_001))
+        first_seen = list(dict.fromkeys(seqs))
+        assert first_seen == sorted(first_seen)
+        assert app.metric("ingest_sink_retries_total") >= 1
+        assert sink.connections == 2
+        failed = [e for e in app.logs() if e["event"] == "sink_write_failed"]
+        assert failed and failed[0]["unsent"] >= 1
+        app.stop()
+    finally:
+        sink.close()
+
+
+
+def test_garbage_goes_to_the_dead_letter_socket(sink, servers, dataflow):
+    from support.servers import Sink
+
+    dead = Sink()
+    try:
+        feed = servers(script_handler(GARBAGE))
+        app = dataflow(garbage_env(feed.url, sink.url, INGEST_ON_INVALID="dead-letter",
+                                  INGEST_DEAD_LETTER_URL=dead.url))
+        assert dead.wait_for(lambda s: len(s.messages) >= 4)
+        assert sink.wait_for(lambda s: len(s.messages) >= 2)
+        records = dead.messages
+        assert [(r["seq"], r["reason"]) for r in records] == [
+            (2, "decode"), (3, "decode"), (4, "too_large"), (5, "decode")]
+        assert records[0]["raw"] == "not json {" and records[0]["source"] == "g"
+        assert {m["seq"] for m in sink.messages} | {r["seq"] for r in records} == set(range(1, 7))
+        app.stop()
+        assert dead.close_codes == [1000]
+    finally:
+        dead.close()
+
+

@@ -1,0 +1,176 @@
+"""net.py against real websockets servers: opening, batching, keepalive, closing, retrying.
+
+Also the tripwire for the websockets internals BatchingConnection relies on: if a release
+renames or reshapes them, these tests fail loudly rather than the sink misbehaving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from typing import Any
+
+import pytest
+import structlog
+import websockets
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.frames import CloseCode
+from websockets.protocol import Protocol
+
+from app.net import BatchingConnection, Endpoint, keepalive, open_connection, reconnect_forever
+from app.retry import Backoff, Failure
+
+LOG = structlog.get_logger("test")
+
+
+def test_the_websockets_internals_we_rely_on_are_still_there():
+    assert websockets.version.version.startswith("17."), (
+        "BatchingConnection was tested against websockets 17: check it, then widen the pin")
+    assert inspect.isfunction(ClientConnection.send_context)
+    assert "expected_state" in inspect.signature(ClientConnection.send_context).parameters
+    assert inspect.isfunction(ClientConnection.send_data)
+    for name in ("send_text", "data_to_send", "fail"):
+        assert inspect.isfunction(getattr(Protocol, name)), name
+
+
+async def _recording_server(received: list[Any]):
+    async def handler(ws: ServerConnection) -> None:
+        try:
+            async for message in ws:
+                received.append(message)
+        except ConnectionClosed:
+            pass
+        received.append(("closed", ws.close_code))
+
+    return await serve(handler, "127.0.0.1", 0)
+
+
+def test_a_batch_goes_out_in_one_write_and_arrives_as_separate_messages():
+    received: list[Any] = []
+
+    async def run() -> list[int]:
+        writes: list[int] = []
+        async with await _recording_server(received) as server:
+            url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+            async with open_connection(Endpoint(url), BatchingConnection) as ws:
+                transport = ws.transport
+                original = transport.writelines
+
+                def counting(data: Any) -> None:
+                    writes.append(len(data))
+                    original(data)
+
+                transport.writelines = counting  # type: ignore[method-assign]
+                await ws.send_texts([b'{"a":1}', b'{"a":2}', b'{"a":3}'])
+                await asyncio.wait_for(await ws.ping(), 5)
+        return writes
+
+    writes = asyncio.run(run())
+    assert writes[0] == 3  # three frames, one system call (then the ping, then the close)
+    assert received[:3] == ['{"a":1}', '{"a":2}', '{"a":3}']
+
+
+def test_a_cancelled_connection_closes_with_1000():
+    received: list[Any] = []
+
+    async def run() -> None:
+        async with await _recording_server(received) as server:
+            url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+            opened = asyncio.Event()
+
+            async def hold() -> None:
+                async with open_connection(Endpoint(url), ClientConnection):
+                    opened.set()
+                    await asyncio.Event().wait()
+
+            task = asyncio.create_task(hold())
+            await opened.wait()
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            for _ in range(100):
+                if received:
+                    break
+                await asyncio.sleep(0.01)
+
+    asyncio.run(run())
+    assert received == [("closed", CloseCode.NORMAL_CLOSURE)]
+
+
+def test_keepalive_fails_a_connection_whose_peer_stopped_answering():
+    async def run() -> tuple[float, int | None]:
+        async def deaf(ws: ServerConnection) -> None:
+            ws.transport.pause_reading()  # no pong will ever come back
+            await ws.wait_closed()
+
+        async with serve(deaf, "127.0.0.1", 0, close_timeout=0.2) as server:
+            url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+            async with connect_raw(url) as ws:
+                loop = asyncio.get_running_loop()
+                started = loop.time()
+                await keepalive(ws, 0.1, 0.2, LOG)
+                await ws.wait_closed()
+                sent = ws.protocol.close_sent
+                return loop.time() - started, sent.code if sent else None
+
+    took, code = asyncio.run(run())
+    assert 0.3 <= took < 2.0
+    assert code == CloseCode.INTERNAL_ERROR
+
+
+def connect_raw(url: str) -> Any:
+    return websockets.connect(url, ping_interval=None, close_timeout=0.2)
+
+
+def test_failed_attempts_are_classified_and_retried_with_backoff():
+    failures: list[Failure] = []
+
+    async def run() -> None:
+        # Nothing listens on this port: every attempt is refused.
+        async with serve(lambda ws: ws.wait_closed(), "127.0.0.1", 0) as server:
+            port = server.sockets[0].getsockname()[1]
+        task = asyncio.create_task(reconnect_forever(
+            lambda: open_connection(Endpoint(f"ws://127.0.0.1:{port}"), ClientConnection),
+            lambda ws: asyncio.sleep(0), backoff=Backoff(0.001, 0.01), log=LOG,
+            event_prefix="test", on_down=lambda: None, on_failure=failures.append))
+        for _ in range(500):
+            if len(failures) >= 3:
+                break
+            await asyncio.sleep(0.01)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(run())
+    assert len(failures) >= 3
+    assert {failure.reason for failure in failures} == {"refused"}
+
+
+@pytest.mark.parametrize(("status", "level"), [(403, "error"), (503, "warning")])
+def test_a_rejected_handshake_is_logged_with_its_status(status: int, level: str):
+    failures: list[Failure] = []
+
+    async def run() -> None:
+        def reject(connection: Any, request: Any) -> Any:
+            return connection.respond(status, "no\n")
+
+        async with serve(lambda ws: ws.wait_closed(), "127.0.0.1", 0,
+                         process_request=reject) as server:
+            url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+            task = asyncio.create_task(reconnect_forever(
+                lambda: open_connection(Endpoint(url), ClientConnection),
+                lambda ws: asyncio.sleep(0),
+                backoff=Backoff(0.001, 0.01), log=structlog.get_logger("test"),
+                event_prefix="test", on_down=lambda: None, on_failure=failures.append))
+            for _ in range(500):
+                if failures:
+                    break
+                await asyncio.sleep(0.01)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    with structlog.testing.capture_logs() as logs:
+        asyncio.run(run())
+    assert failures[0].reason == "rejected"
+    failed = [e for e in logs if e["event"] == "test_connect_failed"]
+    assert failed[0]["http_status"] == status and failed[0]["log_level"] == level
