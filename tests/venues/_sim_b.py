@@ -9,6 +9,7 @@ breaking a venue rule. Each venue module owns only its protocol, in `session()`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import time
@@ -94,10 +95,8 @@ class VenueSimulation:
 
     async def _handle(self, ws: ServerConnection) -> None:
         self.connections += 1
-        try:
+        with contextlib.suppress(ConnectionClosed):
             await self.session(ws)
-        except ConnectionClosed:
-            pass
 
     async def send(self, ws: ServerConnection, message: dict[str, Any]) -> None:
         await ws.send(json.dumps(message, separators=(",", ":")))
@@ -124,8 +123,7 @@ class Tasks:
 
 
 async def _quiet(coroutine: Coroutine[Any, Any, None]) -> None:
-    try:
+    # a closed connection ends the task quietly: the reader sees the close and ends the session
+    with contextlib.suppress(ConnectionClosed):
         await coroutine
-    except ConnectionClosed:
-        pass  # the connection's reader sees the close too and ends the session
 
