@@ -14,7 +14,8 @@ Written from Deribit's API documentation (checked 2026-11-26):
 Behaviour seen on the live API, not in the reference: a channel Deribit does not know is left out
 of `result` (even `"result": []`), not refused (github.com/adampointer/go-deribit/issues/16); a
 malformed request is refused with `-32602 "Invalid params"` and `data: {reason, param}`
-(github.com/ccxt/ccxt/issues/6931). Book `change_id`s grow but skip numbers, so a client must
+(github.com/ccxt/ccxt/issues/6931); an interval below the minimum gets the same shape here (its
+exact wording is not documented). Book `change_id`s grow but skip numbers, so a client must
 chain `prev_change_id`, not expect +1.
 
 Timings scaled 1/20: the 10 s minimum interval is 0.5 s here.
