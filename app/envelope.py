@@ -17,9 +17,9 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from app.errors import InvalidMessageError
+from app.errors import IngestError, InvalidMessageError, TransformError
 from app.settings import EnvelopeOptions
-from app.transform import Transform, TransformError, apply_transform
+from app.transform import Transform, apply_transform
 
 Payload = bytes | str
 
@@ -82,7 +82,9 @@ def payload_size(payload: Payload) -> int:
     return len(payload) if payload.isascii() else len(payload.encode())
 
 
-class _Invalid(Exception):
+class _Invalid(IngestError):
+    """Raised and caught inside this module: the frame becomes a dead letter or a count."""
+
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(detail)
         self.reason = reason

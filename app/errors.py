@@ -2,7 +2,13 @@
 
     IngestError
     ├── ConfigError          a setting is wrong; start-up stops with exit status 2
-    └── InvalidMessageError  a frame is invalid and INGEST_ON_INVALID is `fail`
+    ├── InvalidMessageError  a frame is invalid and INGEST_ON_INVALID is `fail`
+    ├── TransformError       the user hook raised or returned something unusable (app.transform)
+    └── ShutdownTimeout      the sink was unreachable for the whole shutdown grace period
+                             (app.sink.sink; the batch is logged as unsent, exit status 0)
+
+Every exception ws-ingest raises on purpose is one of these (or a private subclass inside the
+module that raises and catches it); anything else is a bug or comes from a library.
 """
 
 from __future__ import annotations
@@ -22,3 +28,11 @@ class ConfigError(IngestError):
 
 class InvalidMessageError(IngestError):
     """A frame could not be turned into an envelope and the policy is to stop."""
+
+
+class TransformError(IngestError):
+    """The hook raised, or returned something other than a dict, a list of dicts or None."""
+
+
+class ShutdownTimeout(IngestError):
+    """The sink was still unreachable when the shutdown grace period ran out."""

@@ -6,7 +6,7 @@ import importlib
 from collections.abc import Callable
 from typing import Any, cast
 
-from app.errors import ConfigError
+from app.errors import ConfigError, TransformError
 
 Envelope = dict[str, Any]
 Transform = Callable[[Envelope], "Envelope | list[Envelope] | None"]
@@ -26,10 +26,6 @@ def load_transform(path: str | None) -> Transform | None:
     if not callable(target):
         raise ConfigError([f"INGEST_TRANSFORM: {path!r} is not callable"])
     return cast(Transform, target)
-
-
-class TransformError(Exception):
-    """The hook raised, or returned something other than a dict, a list of dicts or None."""
 
 
 def apply_transform(transform: Transform, envelope: Envelope) -> list[Envelope]:

@@ -1,4 +1,5 @@
-"""Real WebSocket peers for the tests: feeds and sinks on 127.0.0.1, each in its own loop thread."""
+"""Real WebSocket peers for the tests and the benchmarks: feeds and sinks on 127.0.0.1, each in
+its own loop thread."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 import pytest
 
-from app.errors import ConfigError
-from app.transform import TransformError, apply_transform, load_transform
+from app.errors import ConfigError, TransformError
+from app.transform import apply_transform, load_transform
 
 
 def test_loads_a_function_by_path():

@@ -22,6 +22,7 @@ from websockets.frames import CloseCode
 from websockets.protocol import State
 
 from app.envelope import Encoded
+from app.errors import ShutdownTimeout
 from app.metrics import Metrics
 from app.net import BatchingConnection, Endpoint, describe_close, open_connection, reconnect_forever
 from app.settings import SinkOptions, mask_url
@@ -30,10 +31,6 @@ from app.status import ConnectionStatus
 
 WAIT_STEP_S = 0.25
 OnWritten = Callable[[list[Encoded], float], None]
-
-
-class ShutdownTimeout(Exception):
-    """The sink was still unreachable when the shutdown grace period ran out."""
 
 
 class _SinkConnection:
