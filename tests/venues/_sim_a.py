@@ -107,11 +107,18 @@ class SimulationBase:
                 self._server.close()
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._server.wait_closed(), 5)
+            # Whatever is left (a handler stuck on a client that stopped reading) ends here.
+            left = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+            for task in left:
+                task.cancel()
+            await asyncio.gather(*left, return_exceptions=True)
 
         with contextlib.suppress(Exception):
             self.call(stop(), timeout=10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
+        if not self._thread.is_alive():
+            self._loop.close()
         self._loop = None
 
     def call(self, coroutine: Coroutine[Any, Any, Any], timeout: float = 5) -> Any:
@@ -279,7 +286,8 @@ class Client:
                  answer: bool = True, read: bool = True) -> None:
         self.feed = feed
         self.subscribe, self.heartbeat, self.answer, self.read = subscribe, heartbeat, answer, read
-        self.frames: list[tuple[str, Any]] = []
+        self.raw: list[str | bytes] = []  # every frame as it arrived
+        self.frames: list[tuple[str, Any]] = []  # inflated: (text, JSON value or None)
         self._tasks: list[asyncio.Task[None]] = []
         self.ws: ClientConnection | None = None
 
@@ -310,9 +318,10 @@ class Client:
 
     async def _read(self, ws: ClientConnection) -> None:
         async for message in ws:
+            self.raw.append(message)
             if isinstance(message, bytes) and self.feed.get("decompress") == "gzip":
                 message = gzip.decompress(message)
-            text = message.decode() if isinstance(message, bytes) else message
+            text = message.decode(errors="replace") if isinstance(message, bytes) else message
             value = loads(text)
             self.frames.append((text, value))
             for reply in self.feed.get("replies", []) if self.answer else []:
