@@ -141,7 +141,7 @@ class SimulationBase:
     async def _serve(self) -> Server:
         self._clock = asyncio.get_running_loop().create_task(self._market())
         return await serve(self._handler, "127.0.0.1", 0, process_request=self._check_request,
-                           ping_interval=None, compression=None)
+                           ping_interval=None, compression=None, close_timeout=0.5)
 
     def _check_request(self, connection: ServerConnection, request: Request) -> Response | None:
         problem = self.check_request(request)
@@ -292,7 +292,7 @@ class Client:
         self.ws: ClientConnection | None = None
 
     async def __aenter__(self) -> Client:
-        self.ws = ws = await connect(self.feed["url"], ping_interval=None,
+        self.ws = ws = await connect(self.feed["url"], ping_interval=None, close_timeout=0.5,
                                      max_queue=16 if self.read else 1)
         if self.read:
             self._tasks.append(asyncio.ensure_future(self._read(ws)))
@@ -309,8 +309,10 @@ class Client:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
                 await task
-        if self.ws is not None:
-            await asyncio.wait_for(self.ws.close(), 2)
+        if self.ws is not None and not self.read:
+            self.ws.transport.abort()  # a stalled client cannot take part in a close handshake
+        elif self.ws is not None:
+            await self.ws.close()
 
     @property
     def closed(self) -> bool:
