@@ -298,8 +298,9 @@ class Client:
             self._tasks.append(asyncio.ensure_future(self._read(ws)))
         if self.heartbeat and "heartbeat" in self.feed:
             self._tasks.append(asyncio.ensure_future(self._beat(ws)))
-        if self.subscribe:
-            for message in self.feed["subscribe"]:
+        # The venue may already have closed (a refused token): the reader records its frames.
+        with contextlib.suppress(ConnectionClosed):
+            for message in self.feed["subscribe"] if self.subscribe else []:
                 await ws.send(message if isinstance(message, str) else dumps(message))
         return self
 
