@@ -88,12 +88,18 @@ class BinanceSimulation(SimulationBase):
                 return await session.ws.close(1000, "24 hour limit")
             if now - session.state.get("shutdown_at", now) >= self.SHUTDOWN_AFTER:
                 return await session.ws.close(1001, "server shutdown")
-            self.pings_answered += sum(1 for _, waiter in pings if waiter.done())
             pings[:] = [(sent, waiter) for sent, waiter in pings if not waiter.done()]
             if pings and now - pings[0][0] >= self.PONG_WITHIN:
                 return await self.drop(session, "missed heartbeat (no pong within a minute)")
-            pings.append((now, await session.ws.ping(str(self.pings_sent).encode())))
+            waiter = asyncio.ensure_future(await session.ws.ping(str(self.pings_sent).encode()))
+            waiter.add_done_callback(self._answered)
+            pings.append((now, waiter))
             self.pings_sent += 1
+
+    def _answered(self, waiter: asyncio.Future[float]) -> None:
+        # A pong answers its ping (and, per RFC 6455, any earlier one); a close fails them.
+        if not waiter.cancelled() and waiter.exception() is None:
+            self.pings_answered += 1
 
     async def _read(self, session: Session) -> None:
         async for message in session.ws:
@@ -138,7 +144,7 @@ class BinanceSimulation(SimulationBase):
         return {"result": None, "id": ident}
 
     def frames_for(self, session: Session, tick: Tick) -> list[str | bytes]:
-        frames = []
+        frames: list[str | bytes] = []
         for name in session.topics:
             symbol, kind = name.split("@")
             if symbol not in SYMBOLS:

@@ -85,7 +85,7 @@ class BybitSimulation(SimulationBase):
         problem = self._refusal(args)
         if problem:
             return {"success": False, "ret_msg": problem, **conn, **ident, "op": op}
-        for topic in args:
+        for topic in args or []:
             if op == "subscribe" and topic not in session.topics:
                 session.topics.append(topic)
             elif op == "unsubscribe" and topic in session.topics:

@@ -56,16 +56,16 @@ class HtxSimulation(SimulationBase):
         await super().send(session, gzip.compress(raw, compresslevel=1))
 
     async def session(self, session: Session) -> None:
-        session.state.update(unanswered=0, last_ping=None)
+        session.state["outstanding"] = []
         await self.run(session, self._read(session), self._ping(session))
 
     async def _ping(self, session: Session) -> None:
         while True:
             await asyncio.sleep(self.PING_EVERY)
-            if session.state["unanswered"] >= self.MISSED:
+            outstanding: list[int] = session.state["outstanding"]
+            if len(outstanding) >= self.MISSED:
                 return await self.drop(session, "missed heartbeat")
-            session.state["last_ping"] = ping = _now()
-            session.state["unanswered"] += 1
+            outstanding.append(ping := _now())
             self.pings_sent += 1
             await self.send(session, dumps({"ping": ping}))
 
@@ -75,8 +75,8 @@ class HtxSimulation(SimulationBase):
             if not isinstance(request, dict):
                 await self.send(session, dumps(_error(None, "invalid request")))
             elif "pong" in request:
-                if request["pong"] == session.state["last_ping"]:
-                    session.state["unanswered"] = 0
+                if request["pong"] in session.state["outstanding"]:
+                    session.state["outstanding"].clear()  # a late pong still proves life
                     self.pings_answered += 1
             elif "sub" in request or "unsub" in request:
                 await self.send(session, dumps(self._subscribe(session, request)))

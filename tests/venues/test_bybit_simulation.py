@@ -15,12 +15,17 @@ from tests.venues.bybit import BybitSimulation
 VENUE_KEYS_LANDED = False
 
 
+class QuickCut(BybitSimulation):
+    """10 minutes is 6 s at the simulation's scale; these tests take it at 1/1000 (0.6 s), and
+    the 30 s scan with it."""
+
+    IDLE_CUT = 0.6
+    SCAN = 0.03
+
+
 @pytest.fixture
 def sim() -> Iterator[BybitSimulation]:
-    simulation = BybitSimulation()
-    # 10 minutes is 6 s at the simulation's scale; these tests take it at 1/1000 (0.6 s), and
-    # the 30 s scan with it.
-    simulation.IDLE_CUT, simulation.SCAN = 0.6, 0.03
+    simulation = QuickCut()
     simulation.start()
     yield simulation
     simulation.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -76,7 +77,7 @@ def test_every_frame_is_gzip_and_data_has_the_documented_fields(sim: HtxSimulati
 def test_refused_subscription_gets_the_error_frame(sim: HtxSimulation) -> None:
     feed = {**env_feed("htx"), **sim.feed_overrides(), **sim.bad_subscribe()}
 
-    async def scenario() -> list[object]:
+    async def scenario() -> list[Any]:
         async with Client(feed) as client:
             await until(lambda: any("status" in f for f in client.control()), 2, "the error")
             return [frame for frame in client.control() if "status" in frame]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -56,7 +57,7 @@ def test_pinging_client_outlives_quiet_spells_silent_ones_are_dropped(sim: OkxSi
 def test_data_frames_have_the_documented_fields(sim: OkxSimulation) -> None:
     feed = {**env_feed("okx"), **sim.feed_overrides()}
 
-    async def scenario() -> list[dict[str, object]]:
+    async def scenario() -> list[Any]:
         async with Client(feed) as client:
             await until(lambda: len(client.data()) >= 5, 2, "five tickers")
             return client.data()
@@ -76,7 +77,7 @@ def test_data_frames_have_the_documented_fields(sim: OkxSimulation) -> None:
 def test_refused_subscription_gets_the_error_frame(sim: OkxSimulation) -> None:
     feed = {**env_feed("okx"), **sim.feed_overrides(), **sim.bad_subscribe()}
 
-    async def scenario() -> list[object]:
+    async def scenario() -> list[Any]:
         async with Client(feed) as client:
             await until(lambda: bool(client.control()), 2, "the error frame")
             return client.control()
