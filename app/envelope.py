@@ -119,6 +119,7 @@ class EnvelopeBuilder:
     def __init__(self, options: EnvelopeOptions, transform: Transform | None = None) -> None:
         self._decode = _decode_json if options.payload == "json" else _decode_text
         self._max_bytes = options.max_message_bytes
+        self._max_envelope = options.max_envelope_bytes
         self._on_invalid = options.on_invalid
         self._transform = transform
 
@@ -139,10 +140,11 @@ class EnvelopeBuilder:
                     "data": decode(frame.payload),
                 }
                 if transform is None:
-                    messages.append(dumps(envelope))
+                    messages.append(self._fitting(dumps(envelope)))
                     received.append(frame.received_at)
                     continue
-                results = self._transformed(transform, envelope)
+                results = [self._fitting(result)
+                           for result in self._transformed(transform, envelope)]
                 if not results:
                     outcome.dropped += 1
                 messages.extend(results)
@@ -150,6 +152,14 @@ class EnvelopeBuilder:
             except _Invalid as invalid:
                 self._reject(outcome, source, frame, invalid)
         return outcome
+
+    def _fitting(self, encoded: bytes) -> bytes:
+        """The envelope, if the sink takes a frame of its size (else the sink would close with
+        1009 and the same batch would be refused again and again)."""
+        if len(encoded) > self._max_envelope:
+            raise _Invalid("too_large", f"envelope of {len(encoded)} bytes > "
+                                        f"{self._max_envelope} (INGEST_SINK_MAX_MESSAGE_BYTES)")
+        return encoded
 
     @staticmethod
     def _transformed(transform: Transform, envelope: dict[str, Any]) -> list[bytes]:
@@ -177,4 +187,8 @@ class EnvelopeBuilder:
                 "size": frame.size,
                 **_raw_field(frame.payload, limit),
             }
-            outcome.dead_letters.append(orjson.dumps(record))
+            encoded = orjson.dumps(record)
+            if len(encoded) > self._max_envelope:  # the dead-letter socket has the same limit
+                record.update(_raw_field(frame.payload, DEAD_LETTER_RAW_LIMIT))
+                encoded = orjson.dumps({**record, "raw_truncated": True})
+            outcome.dead_letters.append(encoded)

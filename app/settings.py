@@ -31,7 +31,7 @@ ENV_PREFIX = "INGEST_"
 PayloadMode = Literal["json", "text"]
 InvalidPolicy = Literal["drop", "dead-letter", "fail"]
 Framing = Literal["message", "batch"]
-Confirm = Literal["ping", "none"]
+Confirm = Literal["ping", "none", "ack"]
 
 
 def _check_ws_url(url: str) -> str:
@@ -122,6 +122,7 @@ class Settings(BaseSettings):
     sink_headers: Annotated[dict[str, SecretStr], NoDecode] = Field(default_factory=dict)
     sink_framing: Framing = "message"
     sink_confirm: Confirm = "ping"
+    sink_max_message_bytes: int = Field(1_048_576, ge=4096)
     batch_size: int = Field(1000, ge=1)
     batch_timeout_ms: int = Field(10, ge=1)
     batch_linger_ms: int = Field(0, ge=0)
@@ -209,8 +210,8 @@ class Settings(BaseSettings):
         def sink(name: SinkName, url: str, headers: dict[str, str]) -> SinkOptions:
             return SinkOptions(
                 name=name, url=url, headers=headers, framing=self.sink_framing,
-                confirm=self.sink_confirm, reconnect=backoff,
-                shutdown_timeout_s=self.shutdown_timeout_ms / 1000)
+                confirm=self.sink_confirm, max_message_bytes=self.sink_max_message_bytes,
+                reconnect=backoff, shutdown_timeout_s=self.shutdown_timeout_ms / 1000)
 
         return Options(
             source=SourceOptions(
@@ -219,7 +220,10 @@ class Settings(BaseSettings):
                 linger=timedelta(milliseconds=self.batch_linger_ms), reconnect=backoff),
             envelope=EnvelopeOptions(
                 payload=self.payload, on_invalid=self.on_invalid,
-                max_message_bytes={feed.name: feed.max_message_bytes for feed in self.feeds}),
+                max_message_bytes={feed.name: feed.max_message_bytes for feed in self.feeds},
+                # a batch frame adds its brackets around a single envelope
+                max_envelope_bytes=self.sink_max_message_bytes - (
+                    2 if self.sink_framing == "batch" else 0)),
             sink=sink("sink", self.sink_url, reveal(self.sink_headers)),
             dead_letter=(sink("dead_letter", self.dead_letter_url, {})
                          if self.on_invalid == "dead-letter" and self.dead_letter_url else None),
@@ -258,6 +262,7 @@ class EnvelopeOptions:
     payload: PayloadMode
     on_invalid: InvalidPolicy
     max_message_bytes: dict[str, int]
+    max_envelope_bytes: int = 1_048_576
 
 
 @dataclass(frozen=True)
@@ -269,6 +274,7 @@ class SinkOptions:
     headers: dict[str, str]
     framing: Framing
     confirm: Confirm
+    max_message_bytes: int
     reconnect: Backoff
     shutdown_timeout_s: float
     ping_interval_s: float = 20.0

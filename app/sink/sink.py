@@ -13,24 +13,45 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
+import orjson
 import structlog
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 from websockets.protocol import State
 
 from app.envelope import Encoded
 from app.errors import ShutdownTimeout
 from app.metrics import Metrics
-from app.net import BatchingConnection, Endpoint, describe_close, open_connection, reconnect_forever
+from app.net import (
+    CLOSE_TIMEOUT_S,
+    BatchingConnection,
+    Endpoint,
+    describe_close,
+    open_connection,
+    reconnect_forever,
+)
 from app.settings import SinkOptions, mask_url
-from app.sink.framing import frames_for
+from app.sink.framing import chunks, frames_for
 from app.status import ConnectionStatus
 
 WAIT_STEP_S = 0.25
+CHUNK_FRAMES = 500
+"""Most frames confirmed together; a resend starts at the first chunk not confirmed."""
+CHUNK_BYTES = 1_048_576
 OnWritten = Callable[[list[Encoded], float], None]
+
+
+class _Unconfirmed(Exception):
+    """A write failed after `confirmed` frames of the batch were confirmed."""
+
+    def __init__(self, confirmed: int, cause: BaseException) -> None:
+        super().__init__(repr(cause))
+        self.confirmed = confirmed
+        self.cause = cause
 
 
 class _SinkConnection:
@@ -50,6 +71,10 @@ class _SinkConnection:
         self._changed = asyncio.Condition()
         self._keeper: asyncio.Task[None] | None = None
         self._stop_deadline: float | None = None
+        self._chunk_frames = CHUNK_FRAMES
+        # With confirm=ack: frames written on the current connection, and acknowledged.
+        self._written = 0
+        self._acked = 0
 
     def start(self) -> None:
         self._keeper = asyncio.get_running_loop().create_task(self._keep_open())
@@ -64,23 +89,35 @@ class _SinkConnection:
             on_down=lambda: self._status.set_sink(self._status_key, False))
 
     async def _session(self, ws: BatchingConnection) -> None:
-        """Offer the connection to writers until it closes."""
+        """Offer the connection to writers until it closes; read the sink's acks meanwhile."""
         async with self._changed:
-            self._ws = ws
+            self._ws, self._written, self._acked = ws, 0, 0
             self._changed.notify_all()
         self._status.set_sink(self._status_key, True)
         self._log.info("sink_connected")
-        await ws.wait_closed()
+        try:
+            async for message in ws:
+                acked = _ack_count(message)
+                if acked is not None:
+                    async with self._changed:
+                        self._acked = max(self._acked, acked)
+                        self._changed.notify_all()
+        finally:
+            async with self._changed:  # writers waiting for an ack learn it will not come
+                self._changed.notify_all()
         raise ws.protocol.close_exc
 
-    def _check_stop_deadline(self) -> None:
-        """Once stopping, writes get shutdown_timeout_s in all; then ShutdownTimeout."""
+    def _remaining(self, wait_s: float) -> float:
+        """How long a wait may last: `wait_s`, or less once stopping (ShutdownTimeout at the
+        deadline): every wait of a stopping sink ends within shutdown_timeout_s in all."""
         if not self._stopping.is_set():
-            return
+            return wait_s
         if self._stop_deadline is None:
             self._stop_deadline = time.monotonic() + self._options.shutdown_timeout_s
-        if time.monotonic() >= self._stop_deadline:
+        left = self._stop_deadline - time.monotonic()
+        if left <= 0:
             raise ShutdownTimeout
+        return min(wait_s, left)
 
     async def _open_connection(self) -> BatchingConnection:
         """The open connection, waiting for one (and for the stop deadline)."""
@@ -89,34 +126,95 @@ class _SinkConnection:
 
         async with self._changed:
             while not usable():
-                self._check_stop_deadline()
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._changed.wait_for(usable), WAIT_STEP_S)
+                    await asyncio.wait_for(self._changed.wait_for(usable),
+                                           self._remaining(WAIT_STEP_S))
         assert self._ws is not None
         return self._ws
 
     async def write(self, frames: list[bytes]) -> None:
-        """Return once every frame is written (and confirmed, with ping); resend on failure.
+        """Return once every frame is written and confirmed; resend what was not confirmed.
 
-        The batch goes to the socket in one write, so after a failure nothing tells which of
-        its frames left: the whole batch is sent again.
+        Frames go out in chunks, each confirmed on its own (a ping after it, or the sink's ack),
+        so a resend starts from the first chunk not confirmed: every retry makes progress. A
+        retry that confirmed nothing halves the chunk, down to one frame; a single frame the
+        sink refuses as too big (1009) is logged and skipped rather than resent forever.
         """
-        confirm = self._options.confirm == "ping"
-        while True:
-            self._check_stop_deadline()
+        confirmed = 0
+        while confirmed < len(frames):
+            self._remaining(0)
             ws = await self._open_connection()
             try:
-                await ws.send_texts(frames)
-                if confirm:
-                    pong = await ws.ping()
-                    await asyncio.wait_for(pong, self._options.ping_timeout_s)
-                return
-            except Exception as exc:
-                self._metrics.sink_retries.inc()
-                self._log.warning("sink_write_failed", unsent=len(frames), **describe_close(exc))
-                if ws.state is State.OPEN:  # a pong that never came: the connection is unusable
-                    await ws.close(CloseCode.INTERNAL_ERROR, "ping timeout")
-                await ws.wait_closed()
+                confirmed = await self._send(ws, frames, confirmed)
+            except _Unconfirmed as failed:
+                await self._after_failure(ws, frames, confirmed, failed)
+                if failed.confirmed > confirmed:
+                    confirmed = failed.confirmed
+                elif _too_big(failed.cause):
+                    confirmed += self._refused(frames, confirmed)
+                else:
+                    self._chunk_frames = max(1, self._chunk_frames // 2)
+        self._chunk_frames = min(CHUNK_FRAMES, self._chunk_frames * 2)
+
+    async def _send(self, ws: BatchingConnection, frames: list[bytes], start: int) -> int:
+        """Send frames[start:] in chunks, then wait for each chunk's confirmation in order."""
+        confirm = self._options.confirm
+        pending: list[tuple[int, Awaitable[float] | int]] = []  # (end, pong or ack count)
+        done = start
+        try:
+            for begin, end in chunks(frames, start, self._chunk_frames, CHUNK_BYTES):
+                await ws.send_texts(frames[begin:end])
+                if confirm == "ping":
+                    pending.append((end, await ws.ping()))
+                elif confirm == "ack":
+                    self._written += end - begin
+                    pending.append((end, self._written))
+                else:
+                    done = end  # confirm=none: in the socket's hands is written
+            for end, token in pending:
+                if isinstance(token, int):
+                    await self._wait_acked(token)
+                else:
+                    await asyncio.wait_for(token, self._remaining(self._options.ping_timeout_s))
+                done = end
+        except (ShutdownTimeout, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            raise _Unconfirmed(done, exc) from exc
+        return len(frames)
+
+    async def _wait_acked(self, count: int) -> None:
+        async with self._changed:
+            await asyncio.wait_for(
+                self._changed.wait_for(lambda: self._acked >= count or self._ws is None
+                                       or self._ws.state is not State.OPEN),
+                self._remaining(self._options.ping_timeout_s))
+            if self._acked < count:
+                raise ConnectionError("the sink closed before acknowledging")
+
+    async def _after_failure(self, ws: BatchingConnection, frames: list[bytes], confirmed: int,
+                             failed: _Unconfirmed) -> None:
+        self._metrics.sink_retries.inc()
+        unsent = len(frames) - failed.confirmed
+        self._log.warning("sink_write_failed", unsent=unsent,
+                          confirmed=failed.confirmed - confirmed, **describe_close(failed.cause))
+        if ws.state is State.OPEN:  # a confirmation that never came: the connection is unusable
+            await ws.close(CloseCode.INTERNAL_ERROR, "confirmation timeout")
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(ws.wait_closed(), self._remaining(CLOSE_TIMEOUT_S))
+
+    def _refused(self, frames: list[bytes], index: int) -> int:
+        """The sink closed with 1009 (message too big): find the frame it refuses by sending one
+        frame at a time, and skip that one (1) rather than resend it forever."""
+        if self._chunk_frames > 1:
+            self._chunk_frames = 1
+            self._log.error("sink_message_too_big", largest_bytes=max(map(len, frames[index:])),
+                            limit_bytes=self._options.max_message_bytes,
+                            hint="the sink takes less than INGEST_SINK_MAX_MESSAGE_BYTES: lower it")
+            return 0
+        self._log.error("sink_frame_refused", size_bytes=len(frames[index]),
+                        limit_bytes=self._options.max_message_bytes)
+        return 1
 
     async def close(self) -> None:
         """Stop reconnecting and close the connection with code 1000."""
@@ -125,10 +223,26 @@ class _SinkConnection:
             await asyncio.gather(self._keeper, return_exceptions=True)
 
 
+def _too_big(cause: BaseException) -> bool:
+    return (isinstance(cause, ConnectionClosed) and cause.rcvd is not None
+            and cause.rcvd.code == CloseCode.MESSAGE_TOO_BIG)
+
+
+def _ack_count(message: str | bytes) -> int | None:
+    """n from a sink's `{"ack": n}` (confirm=ack), else None."""
+    try:
+        decoded = orjson.loads(message)
+    except orjson.JSONDecodeError:
+        return None
+    ack = decoded.get("ack") if isinstance(decoded, dict) else None
+    return ack if isinstance(ack, int) else None
+
+
 class _SinkPartition(StatelessSinkPartition[Encoded]):
     def __init__(self, options: SinkOptions, status: ConnectionStatus, metrics: Metrics,
                  stopping: threading.Event, on_written: OnWritten, worker_index: int) -> None:
         self._framing = options.framing
+        self._max_message_bytes = options.max_message_bytes
         self._on_written = on_written
         self._metrics = metrics
         self._log = structlog.get_logger(f"app.{options.name}").bind(
@@ -151,7 +265,8 @@ class _SinkPartition(StatelessSinkPartition[Encoded]):
             return
         started = time.perf_counter()
         try:
-            self._run(self._connection.write(frames_for(messages, self._framing)))
+            self._run(self._connection.write(
+                frames_for(messages, self._framing, self._max_message_bytes)))
         except ShutdownTimeout:
             # Nothing more can be done: say exactly what did not reach the sink.
             self._log.error("sink_unsent_at_shutdown", messages=len(messages))
