@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import kubernetes_validate
+import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
@@ -79,7 +79,7 @@ def env_of(spec: dict[str, Any], pod: str) -> dict[str, str]:
 
 def container_port(name: str) -> int:
     ports = {p["name"]: p["containerPort"] for p in container("ws-ingest")["ports"]}
-    return ports[name]
+    return int(ports[name])
 
 
 def test_the_manifests_validate_against_the_kubernetes_schemas() -> None:
@@ -243,17 +243,17 @@ def test_the_pods_form_a_cluster_spread_the_feeds_and_stop_on_sigterm(
     sources = [{"name": n, "url": f.url} for n, f in zip(feed_names, feeds, strict=True)]
     main = container("ws-ingest")
     for i in range(replicas):
-        pod = f"ws-ingest-{i}"
-        env = env_of(main, pod)
+        pod_name = f"ws-ingest-{i}"
+        env = env_of(main, pod_name)
         env.update({
             # What differs from a real pod: peers on 127.0.0.1, one host for every pod.
             "INGEST_SOURCES": json.dumps(sources), "INGEST_SINK_URL": sink.url,
             "BYTEWAX_HOSTFILE_PATH": str(mapped), "POD_METRICS_PORT": str(free_port()),
             "INGEST_METRICS_HOST": "127.0.0.1",
         })
-        workdir = tmp_path / pod
+        workdir = tmp_path / pod_name
         workdir.mkdir()
-        pods.append(Pod(pod, env, main["command"], workdir))
+        pods.append(Pod(pod_name, env, main["command"], workdir))
 
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
