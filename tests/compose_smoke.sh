@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Compose smoke test: `docker compose up` as a newcomer runs it, on this machine's local engine.
 # Checks that every service turns healthy, envelopes reach the receiver, Prometheus scrapes the
-# service, the image runs as non-root without a compiler, and `stop` ends the service with 0.
+# service and has loaded the alerting rules, the image runs as non-root without a compiler, and
+# `stop` ends the service with 0.
 # Cleans up (compose down -v; engine stop, if this script started the engine) also on failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -65,6 +66,14 @@ q = urllib.parse.quote("ingest_messages_received_total{source=\"alpha\"} > 0")
 result = json.load(urllib.request.urlopen("http://127.0.0.1:9090/api/v1/query?query=" + q, timeout=3))
 assert result["data"]["result"], result
 print(result["data"]["result"][0]["value"])
+'
+check "Prometheus loaded the alerting rules of config/prometheus/alerts.yml and evaluates them" '
+import json, urllib.request
+groups = json.load(urllib.request.urlopen("http://127.0.0.1:9090/api/v1/rules", timeout=3))["data"]["groups"]
+rules = {r["name"]: r["health"] for g in groups for r in g["rules"]}
+assert {"IngestFeedDown", "IngestFeedSilent", "IngestSinkDown", "IngestSpoolFilling"} <= set(rules), rules
+assert set(rules.values()) == {"ok"}, rules
+print(len(rules), "rules")
 '
 
 uid=$(docker run --rm --network none --entrypoint id "$IMAGE" -u)
