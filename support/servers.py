@@ -13,6 +13,8 @@ from typing import Any
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
+from app.demo.receiver import Acknowledger
+
 Handler = Callable[[ServerConnection], Awaitable[None]]
 
 
@@ -139,11 +141,17 @@ class CuttingProxy:
 class Sink:
     """A sink server recording every envelope it receives, and how each connection closed."""
 
-    def __init__(self, port: int = 0, cut_after: int = 0, **options: Any) -> None:
+    def __init__(self, port: int = 0, cut_after: int = 0, close_after: int = 0,
+                 ack: bool = False, **options: Any) -> None:
         """`cut_after`: once that many envelopes arrived on the first connection, the network
         path dies: what the service sends is dropped, and the connection is aborted half a
-        second later (clients reach the sink through a `CuttingProxy`)."""
+        second later (clients reach the sink through a `CuttingProxy`).
+        `close_after`: close every connection (1000) after processing that many frames; frames
+        its WebSocket stack took but the handler had not processed are lost, as with any
+        application that stops reading. `ack`: acknowledge processed frames (confirm=ack)."""
         self._cut_after = cut_after
+        self._close_after = close_after
+        self._ack = ack
         self.messages: list[dict[str, Any]] = []
         self.raw_frames: list[str] = []
         self.close_codes: list[int | None] = []
@@ -159,6 +167,8 @@ class Sink:
     async def _handle(self, ws: ServerConnection) -> None:
         with self._lock:
             self.connections += 1
+        acks = Acknowledger(ws) if self._ack else None
+        processed = 0
         try:
             async for frame in ws:
                 assert isinstance(frame, str), "the service must send text frames"
@@ -167,6 +177,12 @@ class Sink:
                     self.raw_frames.append(frame)
                     self.messages.extend(decoded if isinstance(decoded, list) else [decoded])
                     cut = self.connections == 1 and len(self.messages) == self._cut_after
+                processed += 1
+                if acks is not None:
+                    acks.processed()
+                if processed == self._close_after:
+                    await ws.close()
+                    break
                 if cut and self._proxy is not None:
                     # Frames the proxy has not forwarded yet, and the ping after them, never
                     # arrive; those already here are still consumed below.

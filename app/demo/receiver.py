@@ -2,13 +2,15 @@
 
 Accepts envelopes on a WebSocket (`ws://receiver:8766`), logs a one-line summary every few
 seconds (rate, last seq per feed, gaps), and answers `GET /counts` (JSON) and `GET /healthz`
-on the same port, so tests and operators can read what arrived.
+on the same port, so tests and operators can read what arrived. It acknowledges what it
+processed (`{"ack": n}`), so the service can run with INGEST_SINK_CONFIRM=ack.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import time
@@ -71,10 +73,37 @@ def http_reply(tally: Tally, connection: ServerConnection, request: Request) -> 
     return Response(HTTPStatus.OK, "OK", headers, body)
 
 
+class Acknowledger:
+    """Speaks INGEST_SINK_CONFIRM=ack: after processing frames, send `{"ack": n}`, n being the
+    number of frames (WebSocket messages) processed on this connection so far. Frames processed
+    in one turn of the event loop share one ack."""
+
+    def __init__(self, ws: ServerConnection) -> None:
+        self._ws = ws
+        self._processed = 0
+        self._scheduled = False
+
+    def processed(self) -> None:
+        self._processed += 1
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._send)
+
+    def _send(self) -> None:
+        self._scheduled = False
+        asyncio.get_running_loop().create_task(self._ack(self._processed))
+
+    async def _ack(self, count: int) -> None:
+        with contextlib.suppress(ConnectionClosed):  # the service resends what has no ack
+            await self._ws.send(json.dumps({"ack": count}))
+
+
 async def receive(ws: ServerConnection, tally: Tally) -> None:
+    acks = Acknowledger(ws)
     try:
         async for frame in ws:
             tally.add(frame)
+            acks.processed()
     except ConnectionClosed:
         pass
 

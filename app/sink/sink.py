@@ -126,9 +126,9 @@ class _SinkConnection:
 
         async with self._changed:
             while not usable():
+                step = self._remaining(WAIT_STEP_S)
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._changed.wait_for(usable),
-                                           self._remaining(WAIT_STEP_S))
+                    await asyncio.wait_for(self._changed.wait_for(usable), step)
         assert self._ws is not None
         return self._ws
 
@@ -173,9 +173,10 @@ class _SinkConnection:
                     done = end  # confirm=none: in the socket's hands is written
             for end, token in pending:
                 if isinstance(token, int):
-                    await self._wait_acked(token)
+                    await self._wait_acked(ws, token)
                 else:
-                    await asyncio.wait_for(token, self._remaining(self._options.ping_timeout_s))
+                    timeout = self._remaining(self._options.ping_timeout_s)
+                    await asyncio.wait_for(token, timeout)
                 done = end
         except (ShutdownTimeout, asyncio.CancelledError):
             raise
@@ -183,14 +184,19 @@ class _SinkConnection:
             raise _Unconfirmed(done, exc) from exc
         return len(frames)
 
-    async def _wait_acked(self, count: int) -> None:
+    async def _wait_acked(self, ws: BatchingConnection, count: int) -> None:
+        """Until the sink acknowledged `count` frames of this connection; ConnectionError if
+        the connection stops being open first, TimeoutError after ping_timeout_s."""
+        deadline = time.monotonic() + self._options.ping_timeout_s
         async with self._changed:
-            await asyncio.wait_for(
-                self._changed.wait_for(lambda: self._acked >= count or self._ws is None
-                                       or self._ws.state is not State.OPEN),
-                self._remaining(self._options.ping_timeout_s))
-            if self._acked < count:
-                raise ConnectionError("the sink closed before acknowledging")
+            while self._acked < count:
+                if ws.state is not State.OPEN:  # closing: its acks will not come
+                    raise ConnectionError("the sink closed before acknowledging")
+                if time.monotonic() >= deadline:
+                    raise TimeoutError("no ack within ping_timeout")
+                step = self._remaining(WAIT_STEP_S)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), step)
 
     async def _after_failure(self, ws: BatchingConnection, frames: list[bytes], confirmed: int,
                              failed: _Unconfirmed) -> None:
@@ -200,8 +206,11 @@ class _SinkConnection:
                           confirmed=failed.confirmed - confirmed, **describe_close(failed.cause))
         if ws.state is State.OPEN:  # a confirmation that never came: the connection is unusable
             await ws.close(CloseCode.INTERNAL_ERROR, "confirmation timeout")
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(ws.wait_closed(), self._remaining(CLOSE_TIMEOUT_S))
+        timeout = self._remaining(CLOSE_TIMEOUT_S)
+        try:
+            await asyncio.wait_for(ws.wait_closed(), timeout)
+        except asyncio.TimeoutError:  # a peer that does not finish the closing handshake
+            ws.transport.abort()
 
     def _refused(self, frames: list[bytes], index: int) -> int:
         """The sink closed with 1009 (message too big): find the frame it refuses by sending one

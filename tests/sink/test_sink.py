@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from support.servers import GARBAGE, Sink, feed_handler, garbage_env, script_handler, tick
@@ -107,3 +109,63 @@ def test_garbage_goes_to_the_dead_letter_socket(sink, servers, dataflow):
         dead.close()
 
 
+
+
+def test_a_sink_that_takes_1000_frames_per_connection_gets_every_batch(servers, dataflow):
+    # Batches of up to 3 000 frames: a resend of the whole batch would never get through. With
+    # acks nothing is lost (with pings, frames the sink's stack took but its application never
+    # read would be: see the README's Delivery section).
+    sink = Sink(close_after=1000, ack=True, close_timeout=0.1)
+    try:
+        feed = servers(feed_handler(6000, name="big"))
+        app = dataflow({"INGEST_SOURCES": json.dumps([{"name": "big", "url": feed.url}]),
+                        "INGEST_SINK_URL": sink.url, "INGEST_BATCH_SIZE": "3000",
+                        "INGEST_SINK_CONFIRM": "ack"})
+        assert sink.wait_for(lambda s: {m["seq"] for m in s.messages} >= set(range(1, 6001)), 40)
+        seqs = sink.by_source()["big"]
+        assert list(dict.fromkeys(seqs)) == list(range(1, 6001))  # in order, resends included
+        assert sink.connections >= 6
+        app.stop()
+    finally:
+        sink.close()
+
+
+def test_with_acks_a_sink_that_closes_mid_stream_loses_nothing(servers, dataflow):
+    sink = Sink(close_after=700, ack=True, close_timeout=0.1)
+    try:
+        feed = servers(feed_handler(5000, name="acked", interval=0.0002))
+        app = dataflow({"INGEST_SOURCES": json.dumps([{"name": "acked", "url": feed.url}]),
+                        "INGEST_SINK_URL": sink.url, "INGEST_SINK_CONFIRM": "ack"})
+        assert sink.wait_for(lambda s: {m["seq"] for m in s.messages} >= set(range(1, 5001)), 40)
+        assert sink.connections >= 7
+        assert app.metric("ingest_messages_sent_total") == 5000
+        app.stop()
+    finally:
+        sink.close()
+
+
+def test_an_envelope_over_the_sink_limit_is_too_large_and_the_rest_flows(sink, servers,
+                                                                          dataflow):
+    big = json.dumps({"blob": "x" * 5000})
+    feed = servers(script_handler([tick("s", 1), big, tick("s", 3)]))
+    app = dataflow({"INGEST_SOURCES": json.dumps([{"name": "s", "url": feed.url}]),
+                    "INGEST_SINK_URL": sink.url, "INGEST_SINK_MAX_MESSAGE_BYTES": "4096"})
+    assert sink.wait_for(lambda s: len(s.messages) >= 2)
+    assert [m["seq"] for m in sink.messages] == [1, 3]
+    assert app.metric("ingest_messages_invalid_total", source="s", reason="too_large") == 1
+    app.stop()
+
+
+def test_a_sink_with_a_smaller_limit_refuses_one_frame_and_the_rest_flows(servers, dataflow):
+    sink = Sink(max_size=2000)  # closes with 1009 on a frame over 2 000 bytes
+    try:
+        frames = [tick("s", 1), json.dumps({"blob": "x" * 3000}), tick("s", 3), tick("s", 4)]
+        feed = servers(script_handler(frames))
+        app = dataflow({"INGEST_SOURCES": json.dumps([{"name": "s", "url": feed.url}]),
+                        "INGEST_SINK_URL": sink.url})
+        assert sink.wait_for(lambda s: {m["seq"] for m in s.messages} >= {1, 3, 4}, 20)
+        events = [e["event"] for e in app.logs()]
+        assert "sink_message_too_big" in events and "sink_frame_refused" in events
+        app.stop()
+    finally:
+        sink.close()
