@@ -1,0 +1,1 @@
+"""The source side: feeds, their connections, and what their frames are."""

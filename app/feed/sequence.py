@@ -1,0 +1,186 @@
+"""The venue's own numbering and clock in data frames (the feed's `sequence`, `event_time`). Pure.
+
+`SequenceTracker(path, scope=None)` follows the upstream sequence number of parsed frames, per
+scope (the value at the `scope` pointer, e.g. the symbol; without one, a single scope). It keeps
+the last number it accepted per scope:
+
+- `observe(frame) -> Step | None`: None when the frame has no number (not an error: snapshots,
+  status frames). Otherwise the step from the last number: `first` (nothing known for the scope),
+  `in_order` (last + 1), `gap` (higher: `missing` numbers never came), `duplicate` (equal) or
+  `backwards` (lower). `first`, `in_order` and `gap` move the last number up; `duplicate` and
+  `backwards` leave it, so they are what a make-before-break overlap must not forward again.
+  A number is an integer, or a string of digits (some venues quote them); anything else is
+  treated as no number. Numbers must rise by one per message in their scope.
+- `is_new(frame) -> bool`: the query for exact make-before-break without changing anything:
+  True when the frame's number is greater than the last accepted for its scope, or the frame has
+  none or its scope is unknown; False means "already forwarded".
+- `reset()`: a fresh connection (not a make-before-break overlap) starts over: its first frame is
+  `first`, not a gap.
+
+`EventTime(path, unit)` (or the one-shot `event_time_seconds(frame, path, unit)`) reads the
+venue's event time as Unix seconds, for `ingest_upstream_lag_seconds`: units `s`, `ms`, `us`, `ns`
+(a number or a numeric string) or `iso` (RFC 3339 / ISO 8601 date-time with `Z` or an offset and
+up to nine fractional digits, e.g. Coinbase's "2026-11-25T16:54:10.123456Z"). A missing or
+malformed field is None.
+"""
+
+from __future__ import annotations
+
+import calendar
+import re
+from functools import lru_cache
+from typing import Any, Literal, NamedTuple
+
+from app.feed.pointer import MISSING, Pointer
+
+__all__ = [
+    "EventTime",
+    "SequenceTracker",
+    "Step",
+    "StepKind",
+    "TimeUnit",
+    "event_time_seconds",
+]
+
+StepKind = Literal["first", "in_order", "gap", "duplicate", "backwards"]
+TimeUnit = Literal["s", "ms", "us", "ns", "iso"]
+
+
+class Step(NamedTuple):
+    """What one numbered frame was: `expected` is last + 1 (None for `first`), `missing` the
+    numbers skipped by a gap (0 otherwise)."""
+
+    kind: StepKind
+    scope: Any
+    received: int
+    expected: int | None = None
+    missing: int = 0
+
+
+def _number(value: Any) -> int | None:
+    if type(value) is int:
+        return value
+    if isinstance(value, str) and value.isdigit() and value.isascii():
+        return int(value)
+    return None
+
+
+def _scope_key(value: Any) -> Any:
+    # Scopes are dict keys: lists and objects (odd, but possible) are keyed by their repr.
+    return repr(value) if isinstance(value, (dict, list)) else value
+
+
+class SequenceTracker:
+    """The upstream sequence per scope; see the module docstring."""
+
+    __slots__ = ("_last", "path", "scope")
+
+    def __init__(self, path: str | Pointer, scope: str | Pointer | None = None) -> None:
+        self.path = path if isinstance(path, Pointer) else Pointer(path)
+        self.scope = scope if scope is None or isinstance(scope, Pointer) else Pointer(scope)
+        self._last: dict[Any, int] = {}
+
+    def _read(self, frame: Any) -> tuple[Any, int | None]:
+        number = _number(self.path.get(frame))
+        if number is None or self.scope is None:
+            return None, number
+        scope = self.scope.get(frame)
+        return (None if scope is MISSING else _scope_key(scope)), number
+
+    def observe(self, frame: Any) -> Step | None:
+        scope, number = self._read(frame)
+        if number is None:
+            return None
+        last = self._last.get(scope)
+        if last is None:
+            self._last[scope] = number
+            return Step("first", scope, number)
+        expected = last + 1
+        if number == expected:
+            self._last[scope] = number
+            return Step("in_order", scope, number, expected)
+        if number > expected:
+            self._last[scope] = number
+            return Step("gap", scope, number, expected, number - expected)
+        return Step("duplicate" if number == last else "backwards", scope, number, expected)
+
+    def is_new(self, frame: Any) -> bool:
+        scope, number = self._read(frame)
+        if number is None:
+            return True
+        last = self._last.get(scope)
+        return last is None or number > last
+
+    def last(self, scope: Any = None) -> int | None:
+        """The last number accepted for a scope (None: nothing yet)."""
+        return self._last.get(_scope_key(scope))
+
+    def reset(self) -> None:
+        self._last.clear()
+
+
+_ISO = re.compile(
+    r"(\d{4})-(\d\d)-(\d\d)[Tt ](\d\d):(\d\d):(\d\d)(?:[.,](\d{1,9}))?"
+    r"(?:([Zz])|([+-])(\d\d):?(\d\d))"
+)
+_DIVISOR = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
+
+
+def parse_iso(text: str) -> float | None:
+    """Unix seconds for an RFC 3339 date-time with a zone (Z or ±hh:mm), or None."""
+    found = _ISO.fullmatch(text)
+    if found is None:
+        return None
+    year, month, day, hour, minute, second = (int(found[i]) for i in range(1, 7))
+    if not (1 <= month <= 12 and 1 <= day <= calendar.monthrange(year, month)[1]
+            and hour <= 23 and minute <= 59 and second <= 59):
+        return None  # leap seconds (60) are not representable in Unix time
+    seconds = calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0))
+    if found[9]:
+        offset = int(found[10]) * 3600 + int(found[11]) * 60
+        seconds -= offset if found[9] == "+" else -offset
+    fraction = found[7]
+    return seconds + int(fraction) / 10 ** len(fraction) if fraction else float(seconds)
+
+
+class EventTime:
+    """The venue's event time at `path` in `unit`, compiled once; `seconds(frame)` per frame."""
+
+    __slots__ = ("path", "unit")
+
+    def __init__(self, path: str | Pointer, unit: TimeUnit = "ms") -> None:
+        if unit != "iso" and unit not in _DIVISOR:
+            raise ValueError(f"unknown time unit {unit!r} (s, ms, us, ns or iso)")
+        self.path = path if isinstance(path, Pointer) else Pointer(path)
+        self.unit = unit
+
+    def seconds(self, frame: Any) -> float | None:
+        """Unix seconds, or None when the field is missing or malformed."""
+        value = self.path.get(frame)
+        if self.unit == "iso":
+            return parse_iso(value) if isinstance(value, str) else None
+        if isinstance(value, str):
+            try:
+                value = int(value) if value.isdigit() and value.isascii() else float(value)
+            except ValueError:
+                return None
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            return None
+        if value != value or value in (float("inf"), float("-inf")):
+            return None
+        divisor = _DIVISOR[self.unit]
+        if type(value) is int:
+            # Whole seconds apart keep a nanosecond count exact to well below a microsecond.
+            whole, rest = divmod(value, divisor)
+            return whole + rest / divisor
+        return float(value) / divisor
+
+
+@lru_cache(maxsize=64)
+def _event_time(path: str, unit: TimeUnit) -> EventTime:
+    return EventTime(path, unit)
+
+
+def event_time_seconds(frame: Any, path: str, unit: TimeUnit) -> float | None:
+    """The event time in `frame` as Unix seconds (None if missing or malformed)."""
+    return _event_time(path, unit).seconds(frame)
