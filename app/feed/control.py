@@ -60,6 +60,7 @@ __all__ = [
     "Reply",
     "SubscribeTracker",
     "Verdict",
+    "compile_copies",
     "compile_match",
     "compile_message",
     "compile_reply",
@@ -224,27 +225,31 @@ class Reply:
             return self.text
 
 
+def compile_copies(send: Any, copy: Mapping[str, str]) -> tuple[tuple[Pointer, Pointer], ...]:
+    """A reply's `copy` as (target, source) pointer pairs; ValueError unless every target
+    pointer is valid in `send` and every source pointer is valid."""
+    copies = []
+    for target_text, source_text in copy.items():
+        target, source = Pointer(target_text), Pointer(source_text)
+        if target.tokens and not isinstance(send, (dict, list)):
+            raise ValueError("send must be a JSON object or array to copy into it")
+        target.check_settable(send)
+        copies.append((target, source))
+    return tuple(copies)
+
+
 def compile_reply(when: Any, send: Any, copy: Mapping[str, str] | None = None) -> Reply:
     """A compiled reply rule, or ValueError naming the part that is wrong (when/send/copy)."""
+    part = "when"
     try:
         match = compile_match(when)
-    except ValueError as exc:
-        raise ValueError(f"when: {exc}") from None
-    try:
+        part = "send"
         text = compile_message(send)
+        part = "copy"
+        copies = compile_copies(send, copy or {})
     except ValueError as exc:
-        raise ValueError(f"send: {exc}") from None
-    copies = []
-    for target_text, source_text in (copy or {}).items():
-        try:
-            target, source = Pointer(target_text), Pointer(source_text)
-            if target.tokens and not isinstance(send, (dict, list)):
-                raise ValueError("send must be a JSON object or array to copy into it")
-            target.check_settable(send)
-        except ValueError as exc:
-            raise ValueError(f"copy: {exc}") from None
-        copies.append((target, source))
-    return Reply(match, deep_copy(send), tuple(copies), text)
+        raise ValueError(f"{part}: {exc}") from None
+    return Reply(match, deep_copy(send), copies, text)
 
 
 class _Rule(NamedTuple):
