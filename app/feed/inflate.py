@@ -7,7 +7,8 @@
   is returned as it is (a venue that compresses only some frames); `none`: as it is.
 - The output is produced in steps of at most `STEP` bytes and stops as soon as it passes
   `limit`: `TooLarge` (carrying `limit`), so a small frame that would inflate to gigabytes costs
-  about `limit + STEP` bytes of memory and the time to inflate `limit` bytes. The caller counts it
+  about `limit + STEP` bytes of memory (plus zlib's own ~40 KiB of state and window) and the
+  time to inflate `limit` bytes (a 1 MiB limit: a few milliseconds). The caller counts it
   as `too_large`. A frame within the limit briefly needs its size twice (steps, then one joined
   copy) unless it fits in one step.
 - Corrupt or truncated data is `InflateError` (a ValueError too), which the caller counts as
@@ -29,8 +30,9 @@ __all__ = ["STEP", "InflateError", "Method", "TooLarge", "detect", "inflate"]
 
 Method = Literal["none", "gzip", "zlib", "deflate", "auto"]
 
-STEP = 64 * 1024
-"""Most bytes inflated at once."""
+STEP = 32 * 1024
+"""Most bytes inflated at once (zlib's first output block: one allocation per step)."""
+_INPUT_STEP = 16 * 1024
 
 _WBITS = {"gzip": 16 + zlib.MAX_WBITS, "zlib": zlib.MAX_WBITS, "deflate": -zlib.MAX_WBITS}
 
@@ -68,19 +70,26 @@ def inflate(data: bytes, method: Method, limit: int) -> bytes:
     if wbits is None:
         raise ValueError(f"unknown compression method {method!r}")
     inflater = zlib.decompressobj(wbits)
+    view = memoryview(data)
     chunks: list[bytes] = []
-    size, tail = 0, data
+    size = used = 0
+    tail: bytes | memoryview = b""
     try:
         while True:
+            if not tail and used < len(data):
+                # Input goes in slices too: zlib copies what it leaves unused (unconsumed_tail),
+                # which must not be a megabyte per step.
+                tail = view[used:used + _INPUT_STEP]
+                used += len(tail)
             want = min(STEP, limit + 1 - size)
             chunk = inflater.decompress(tail, want)
             chunks.append(chunk)
             size += len(chunk)
             if size > limit:
                 raise TooLarge(limit)
-            if inflater.eof or len(chunk) < want:  # the end, or every input byte used
-                break
             tail = inflater.unconsumed_tail  # may be empty with output still pending
+            if inflater.eof or (len(chunk) < want and not tail and used >= len(data)):
+                break
     except zlib.error as exc:
         raise InflateError(f"not valid {method} data: {exc}") from None
     if not inflater.eof and method != "deflate":
