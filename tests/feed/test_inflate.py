@@ -17,7 +17,8 @@ def raw_deflate(data, flush=zlib.Z_FINISH):
     return packer.compress(data) + packer.flush(flush)
 
 
-COMPRESSED = {"gzip": gzip.compress(DATA), "zlib": zlib.compress(DATA), "deflate": raw_deflate(DATA)}
+COMPRESSED = {"gzip": gzip.compress(DATA), "zlib": zlib.compress(DATA),
+              "deflate": raw_deflate(DATA)}
 
 
 @pytest.mark.parametrize("method", ["gzip", "zlib", "deflate"])
