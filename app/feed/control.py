@@ -33,13 +33,19 @@ out: a venue that pings without an id still gets its pong). Copy targets must ha
 `send` (checked at compile time), so building an answer never fails.
 
 Hot path. `classify` runs on every frame of a feed with rules, so a data frame must cost little:
-a string match is a dict lookup guarded by a length test, and an object match first requires a
-literal needle (a key, or a plain string value, in double quotes, e.g. b'"event"') to occur in the
-raw payload; only a frame holding a needle is parsed (orjson) and matched. Needles assume the
-venue does not backslash-escape plain ASCII letters (no JSON encoder does); strings with
-characters some encoders escape ("/", "<", ">", "&", quotes, backslashes, non-ASCII) are never
-needles. The payload is what the caller received: bytes (text frames as UTF-8, binary frames
-already inflated) or str.
+a string match is a dict lookup guarded by a length test. An object match holds *needles*: its
+keys and plain string values, in double quotes (b'"event"'), which must all occur in the raw
+payload of a frame it matches. A first level of few needles covering every rule (one, b'"event"',
+for OKX) rules most data frames out with one or two substring tests; a frame holding one is
+checked against each rule's needles (values first) and parsed with orjson only when some rule
+has them all. When data frames keep holding a first-level needle (`NOISY_AFTER` in a row: a key
+the venue's data has too, like Kraken's "channel" or Coinbase's "type"), the first level covers
+those rules by their other needles from then on. None of this changes a verdict, only its cost.
+Needles assume the venue does not backslash-escape plain ASCII letters (no JSON encoder does);
+strings with characters some encoders escape ("/", "<", ">", "&", quotes, backslashes,
+non-ASCII) are never needles. The payload is what the caller received: bytes (text frames as
+UTF-8, binary frames already inflated) or str. `classify` keeps that small learning state, so
+one `ControlRules` serves one feed on one thread.
 """
 
 from __future__ import annotations
@@ -116,17 +122,17 @@ def _value_matches(spec: Any, value: Any) -> bool:
     return isinstance(value, (int, float)) and value == spec
 
 
-def _strings(spec: Any) -> Iterable[str]:
-    """Every key and every string value in a match, at any depth, except the wildcard."""
+def _strings(spec: Any, is_value: bool = False) -> Iterable[tuple[bool, str]]:
+    """(is a value, text) for every key and string value in a match, except the wildcard."""
     if isinstance(spec, dict):
         for key, item in spec.items():
-            yield key
-            yield from _strings(item)
+            yield False, key
+            yield from _strings(item, True)
     elif isinstance(spec, list):
         for item in spec:
-            yield from _strings(item)
-    elif isinstance(spec, str) and spec != WILDCARD:
-        yield spec
+            yield from _strings(item, True)
+    elif isinstance(spec, str) and spec != WILDCARD and is_value:
+        yield True, spec
 
 
 def _safe_needle(text: str) -> bool:
@@ -151,8 +157,13 @@ class Match:
                              "every JSON object)")
         _check_json(spec, "match")
         self.spec, self.text = spec, None
-        # Strings that must occur, quoted, in the raw text of any frame this matches.
-        self.needles = tuple(sorted({s for s in _strings(spec) if _safe_needle(s)}))
+        # Strings that must occur, quoted, in the raw text of any frame this matches: values
+        # first, as they tell frames apart better than keys ("heartbeat" vs "channel").
+        strings = [(is_value, text) for is_value, text in _strings(spec) if _safe_needle(text)]
+        values = {text for is_value, text in strings if is_value}
+        keys = {text for is_value, text in strings if not is_value} - values
+        self.needles = tuple(sorted(values, key=lambda t: (-len(t), t))
+                             + sorted(keys, key=lambda t: (-len(t), t)))
 
     def __repr__(self) -> str:
         return f"Match({self.spec!r})"
@@ -256,6 +267,13 @@ class _Rule(NamedTuple):
     match: Match
     verdict: Verdict | None  # None: a reply, answered per frame
     reply: Reply | None
+    needles_bytes: tuple[bytes, ...]
+    needles_str: tuple[str, ...]
+
+    @classmethod
+    def of(cls, match: Match, verdict: Verdict | None, reply: Reply | None = None) -> _Rule:
+        quoted = tuple(f'"{needle}"' for needle in match.needles)
+        return cls(match, verdict, reply, tuple(q.encode() for q in quoted), quoted)
 
     def verdict_for(self, frame: Any) -> Verdict:
         if self.reply is not None:
@@ -264,12 +282,13 @@ class _Rule(NamedTuple):
         return self.verdict
 
 
-def _cover(rules: Sequence[_Rule]) -> tuple[str, ...]:
+def _cover(rules: Sequence[_Rule], avoid: frozenset[str] = frozenset()) -> tuple[str, ...]:
     """Few needles such that every rule holds one: a frame holding none matches no rule.
 
     Greedy set cover: rules of one venue share keys ("event", "op", "type"), so one or two
-    substring tests usually rule a data frame out."""
-    left = [set(rule.match.needles) for rule in rules]
+    substring tests usually rule a data frame out. Needles in `avoid` (found to be in the data
+    frames too) are used only for rules that have no other."""
+    left = [set(rule.match.needles) - avoid or set(rule.match.needles) for rule in rules]
     chosen: list[str] = []
     while left:
         counts: dict[str, int] = {}
@@ -282,6 +301,10 @@ def _cover(rules: Sequence[_Rule]) -> tuple[str, ...]:
     return tuple(chosen)
 
 
+NOISY_AFTER = 32
+"""Frames in a row that held a first-level needle and were data: the needle is dropped."""
+
+
 class ControlRules:
     """A feed's compiled control rules; `classify(payload)` is the per-frame test.
 
@@ -289,7 +312,8 @@ class ControlRules:
     `heartbeat` = heartbeat.expect, `replies`, `ack` / `ack_error` = subscribe_ack.expect /
     .error, `notice` = rotate_on, `control` = control[]."""
 
-    __slots__ = ("_needles_bytes", "_needles_str", "_objects", "_text_lengths", "_texts",
+    __slots__ = ("_bytes", "_bytes_lengths", "_filtered", "_needles", "_needles_bytes",
+                 "_needles_str", "_noisy", "_noisy_run", "_objects", "_text_lengths", "_texts",
                  "_unfiltered")
 
     def __init__(
@@ -306,60 +330,103 @@ class ControlRules:
 
         def add(spec: Any, kind: Kind) -> None:
             if spec is not None:
-                rules.append(_Rule(compile_match(spec), Verdict(kind), None))
+                rules.append(_Rule.of(compile_match(spec), Verdict(kind)))
 
         add(heartbeat, "heartbeat")
-        rules.extend(_Rule(reply.when, None, reply) for reply in replies)
+        rules.extend(_Rule.of(reply.when, None, reply) for reply in replies)
         add(ack_error, "ack_error")
         add(ack, "ack")
         add(notice, "notice")
         for spec in control:
             add(spec, "control")
 
-        self._texts: dict[Payload, Verdict] = {}
+        # Two tables: a str and a bytes key of equal hash would compare (a BytesWarning).
+        self._texts: dict[str, Verdict] = {}
+        self._bytes: dict[bytes, Verdict] = {}
         for rule in rules:
             text = rule.match.text
             if text is not None:
                 # The frame is this very text, so a reply's answer is known now.
                 verdict = rule.verdict_for(_parse_object(text))
                 self._texts.setdefault(text, verdict)  # the first rule (precedence) wins
-                self._texts.setdefault(text.encode(), verdict)
+                self._bytes.setdefault(text.encode(), verdict)
+        # A length test first: hashing a long data frame would cost more than the rest.
         self._text_lengths = frozenset(len(key) for key in self._texts)
+        self._bytes_lengths = frozenset(len(key) for key in self._bytes)
         self._objects = tuple(rule for rule in rules if rule.match.text is None)
-        filtered = [rule for rule in self._objects if rule.match.needles]
-        self._unfiltered = len(filtered) < len(self._objects)
-        needles = _cover(filtered)
+        self._filtered = [rule for rule in self._objects if rule.match.needles]
+        self._unfiltered = len(self._filtered) < len(self._objects)
+        self._noisy: frozenset[str] = frozenset()
+        self._noisy_run = 0
+        self._use_needles(_cover(self._filtered))
+
+    def _use_needles(self, needles: tuple[str, ...]) -> None:
+        self._needles = needles
         self._needles_str = tuple(f'"{n}"' for n in needles)
         self._needles_bytes = tuple(n.encode() for n in self._needles_str)
+
+    def _data_held(self, index: int) -> None:
+        """A data frame held first-level needle `index`. When data frames keep holding one (a
+        key the venue's data has too, like Kraken's "channel"), cover its rules by other
+        needles (their values): fewer frames parsed, same verdicts."""
+        self._noisy_run += 1
+        if self._noisy_run >= NOISY_AFTER:
+            self._noisy_run = 0
+            self._noisy |= {self._needles[index]}
+            self._use_needles(_cover(self._filtered, self._noisy))
 
     def __bool__(self) -> bool:
         return bool(self._texts or self._objects)
 
     def classify(self, payload: Payload) -> Verdict | None:
         """The verdict on a control frame, or None for a data frame."""
-        if len(payload) in self._text_lengths:
-            verdict = self._texts.get(payload)
-            if verdict is not None:
-                return verdict
         if isinstance(payload, bytes):
-            for needle in self._needles_bytes:
+            if len(payload) in self._bytes_lengths:
+                verdict = self._bytes.get(payload)
+                if verdict is not None:
+                    return verdict
+            for index, needle in enumerate(self._needles_bytes):
                 if needle in payload:
-                    return self._classify_object(payload)
+                    return self._after_needle(payload, index)
         else:
-            for text_needle in self._needles_str:
+            if len(payload) in self._text_lengths:
+                verdict = self._texts.get(payload)
+                if verdict is not None:
+                    return verdict
+            for index, text_needle in enumerate(self._needles_str):
                 if text_needle in payload:
-                    return self._classify_object(payload)
+                    return self._after_needle(payload, index)
         if self._unfiltered:
             return self._classify_object(payload)
         return None
 
+    def _after_needle(self, payload: Payload, index: int) -> Verdict | None:
+        verdict = self._classify_object(payload)
+        if verdict is None:
+            self._data_held(index)
+        else:
+            self._noisy_run = 0
+        return verdict
+
     def _classify_object(self, payload: Payload) -> Verdict | None:
-        frame = _parse_object(payload)
-        if frame is MISSING:
-            return None
+        # A frame holding one needle: parse it only if it holds every needle of some rule.
+        is_bytes = isinstance(payload, bytes)
+        found: dict[Any, bool] = {}
+        frame: Any = None
         for rule in self._objects:
-            if _value_matches(rule.match.spec, frame):
-                return rule.verdict_for(frame)
+            for needle in rule.needles_bytes if is_bytes else rule.needles_str:
+                hit = found.get(needle)
+                if hit is None:
+                    hit = found[needle] = needle in payload  # type: ignore[operator]
+                if not hit:
+                    break
+            else:
+                if frame is None:
+                    frame = _parse_object(payload)
+                if frame is MISSING:
+                    return None
+                if _value_matches(rule.match.spec, frame):
+                    return rule.verdict_for(frame)
         return None
 
 

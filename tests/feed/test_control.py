@@ -2,6 +2,7 @@ import orjson
 import pytest
 
 from app.feed.control import (
+    NOISY_AFTER,
     ControlRules,
     HeartbeatClock,
     Match,
@@ -314,3 +315,50 @@ def test_frames_in_log_lines_are_cut():
     assert describe_frame(b"x" * 10, limit=4) == "xxxx... (10 characters)"
     assert describe_frame("short") == "short"
     assert describe_frame(b"\xff") == "\ufffd"
+
+
+def kraken_rules():
+    return ControlRules(heartbeat={"method": "pong"},
+                        ack={"method": "subscribe", "success": True},
+                        ack_error={"method": "subscribe", "success": False},
+                        control=[{"channel": "heartbeat"}, {"channel": "status"}])
+
+
+KRAKEN = [({"method": "pong"}, "heartbeat"), ({"channel": "heartbeat"}, "control"),
+          ({"channel": "status", "data": []}, "control"),
+          ({"method": "subscribe", "success": False}, "ack_error"),
+          ({"channel": "ticker", "data": [{"symbol": "BTC/USD"}]}, None),
+          ({"channel": "book", "type": "update", "data": []}, None)]
+
+
+def test_a_needle_the_data_frames_hold_too_is_replaced_by_their_values():
+    rules = kraken_rules()
+    assert set(rules._needles) == {"method", "channel"}
+    data = js({"channel": "ticker", "type": "update", "data": [{"symbol": "BTC/USD"}]})
+    for _ in range(NOISY_AFTER):
+        assert rules.classify(data) is None
+    assert set(rules._needles) == {"method", "heartbeat", "status"}
+    for frame, expected in KRAKEN:  # same verdicts with the new needles
+        assert kind_of(rules.classify(js(frame))) == expected, frame
+        assert kind_of(rules.classify(js(frame).decode())) == expected, frame
+
+
+def test_control_frames_between_data_frames_keep_a_needle():
+    rules = kraken_rules()
+    data = js({"channel": "ticker", "data": []})
+    for _ in range(3 * NOISY_AFTER):
+        assert rules.classify(data) is None
+        assert rules.classify(js({"channel": "heartbeat"})) == Verdict("control")
+    assert "channel" in rules._needles
+
+
+def test_a_rule_with_only_noisy_needles_keeps_them():
+    rules = ControlRules(control=[{"type": "*"}])
+    for _ in range(NOISY_AFTER):
+        rules.classify(b'{"kind": "type"}')
+    assert rules._needles == ("type",)
+    assert rules.classify(b'{"type": 1}') == Verdict("control")
+
+
+def kind_of(verdict):
+    return verdict.kind if verdict else None
