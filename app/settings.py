@@ -134,6 +134,10 @@ class HeartbeatSettings(_Strict):
     expect: OptionalMatch = None
     timeout: float = Field(10, gt=0)
 
+    def message(self) -> str:
+        """`send` as sent: a string as-is, an object or array as compact JSON text."""
+        return compile_message(self.send)
+
 
 class ReplySettings(_Strict):
     """An item of `replies`: how to answer a server-side application ping."""

@@ -50,7 +50,8 @@ def test_okx_text_ping_pong_acks_errors_and_notices():
         control=[{"event": "channel-conn-count"}],
         event_time={"path": "/data/0/ts", "unit": "ms"},
     )
-    assert (okx.heartbeat.send, okx.heartbeat.interval, okx.heartbeat.timeout) == ("ping", 25, 5)
+    assert (okx.heartbeat.message(), okx.heartbeat.interval, okx.heartbeat.timeout) == (
+        "ping", 25, 5)
     rules = okx.control_rules()
     assert kind(rules, b"pong") == "heartbeat"
     assert kind(rules, {"event": "subscribe", "arg": {"channel": "tickers"}}) == "ack"
@@ -85,6 +86,8 @@ def test_bybit_json_ping_and_sequence():
         event_time={"path": "/ts", "unit": "ms"},
     )
     assert (bybit.heartbeat.interval, bybit.heartbeat.timeout) == (20, 10)
+    assert bybit.heartbeat.message() == '{"op":"ping"}'
+
     rules = bybit.control_rules()
     assert kind(rules, {"success": True, "ret_msg": "pong", "conn_id": "c", "op": "ping"}) == (
         "heartbeat")

@@ -61,7 +61,7 @@ def deep_copy(value: Any) -> Any:
 class Pointer:
     """A compiled RFC 6901 pointer: `text` as given, `tokens` the unescaped reference tokens."""
 
-    __slots__ = ("text", "tokens")
+    __slots__ = ("_steps", "text", "tokens")
 
     def __init__(self, text: str) -> None:
         if not isinstance(text, str):
@@ -72,6 +72,8 @@ class Pointer:
             raise ValueError(f"JSON pointer {text!r}: '~' must be followed by 0 or 1")
         self.text = text
         self.tokens: tuple[str, ...] = tuple(_unescape(t) for t in text.split("/")[1:])
+        # (token, array index or -1) decided once: get() runs per frame (sequence, event_time).
+        self._steps = tuple((t, int(t) if _INDEX.fullmatch(t) else -1) for t in self.tokens)
 
     def __repr__(self) -> str:
         return f"Pointer({self.text!r})"
@@ -84,16 +86,13 @@ class Pointer:
 
     def get(self, doc: Any) -> Any:
         """The value at this place in `doc`, or `MISSING`."""
-        for token in self.tokens:
+        for token, index in self._steps:
             if isinstance(doc, dict):
                 doc = doc.get(token, MISSING)
                 if doc is MISSING:
                     return MISSING
             elif isinstance(doc, list):
-                if not _INDEX.fullmatch(token):
-                    return MISSING
-                index = int(token)
-                if index >= len(doc):
+                if not 0 <= index < len(doc):
                     return MISSING
                 doc = doc[index]
             else:
@@ -126,10 +125,7 @@ class Pointer:
 
 
 def _parent(pointer: Pointer) -> Pointer:
-    parent = Pointer.__new__(Pointer)
-    parent.text = pointer.text.rsplit("/", 1)[0]
-    parent.tokens = pointer.tokens[:-1]
-    return parent
+    return Pointer(pointer.text.rsplit("/", 1)[0])
 
 
 def _put(parent: Any, token: str, value: Any, text: str) -> None:

@@ -19,15 +19,17 @@ the last number it accepted per scope:
 
 `EventTime(path, unit)` (or the one-shot `event_time_seconds(frame, path, unit)`) reads the
 venue's event time as Unix seconds, for `ingest_upstream_lag_seconds`: units `s`, `ms`, `us`, `ns`
-(a number or a numeric string) or `iso` (RFC 3339 / ISO 8601 date-time with `Z` or an offset and
-up to nine fractional digits, e.g. Coinbase's "2026-11-25T16:54:10.123456Z"). A missing or
-malformed field is None.
+(a number or a numeric string) or `iso` (an ISO 8601 / RFC 3339 date-time with `Z` or an offset,
+fractional seconds as venues send them, up to nanoseconds, kept to the microsecond; e.g.
+Coinbase's "2026-11-25T16:54:10.123456Z"). A missing or malformed field is None, and so is a
+date-time without a zone (local to whom?).
 """
 
 from __future__ import annotations
 
 import calendar
 import re
+from datetime import datetime
 from functools import lru_cache
 from typing import Any, Literal, NamedTuple
 
@@ -81,10 +83,14 @@ class SequenceTracker:
         self._last: dict[Any, int] = {}
 
     def _read(self, frame: Any) -> tuple[Any, int | None]:
-        number = _number(self.path.get(frame))
+        number = self.path.get(frame)
+        if type(number) is not int:
+            number = _number(number)
         if number is None or self.scope is None:
             return None, number
         scope = self.scope.get(frame)
+        if type(scope) is str:
+            return scope, number
         return (None if scope is MISSING else _scope_key(scope)), number
 
     def observe(self, frame: Any) -> Step | None:
@@ -126,54 +132,78 @@ _ISO = re.compile(
 _DIVISOR = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
 
 
+@lru_cache(maxsize=16)
+def _midnight(year: int, month: int, day: int) -> int | None:
+    # Cached: a feed's event times fall on one or two days.
+    if not (1 <= month <= 12 and 1 <= day <= calendar.monthrange(year, month)[1]):
+        return None
+    return calendar.timegm((year, month, day, 0, 0, 0, 0, 0, 0))
+
+
 def parse_iso(text: str) -> float | None:
-    """Unix seconds for an RFC 3339 date-time with a zone (Z or ±hh:mm), or None."""
+    """Unix seconds for an ISO 8601 / RFC 3339 date-time with a zone (Z or ±hh:mm), else None
+    (a time without a zone is ambiguous). Digits past microseconds are dropped by the fast path
+    (Python 3.11's C parser), kept by the fallback (older Pythons, lower-case t and z)."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return _parse_rfc3339(text)
+    return None if moment.tzinfo is None else moment.timestamp()
+
+
+def _parse_rfc3339(text: str) -> float | None:
     found = _ISO.fullmatch(text)
     if found is None:
         return None
-    year, month, day, hour, minute, second = (int(found[i]) for i in range(1, 7))
-    if not (1 <= month <= 12 and 1 <= day <= calendar.monthrange(year, month)[1]
-            and hour <= 23 and minute <= 59 and second <= 59):
+    year, month, day, hour, minute, second, fraction, zulu, sign, off_h, off_m = found.groups()
+    midnight = _midnight(int(year), int(month), int(day))
+    if midnight is None or hour > "23" or minute > "59" or second > "59":
         return None  # leap seconds (60) are not representable in Unix time
-    seconds = calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0))
-    if found[9]:
-        offset = int(found[10]) * 3600 + int(found[11]) * 60
-        seconds -= offset if found[9] == "+" else -offset
-    fraction = found[7]
+    if sign and (off_h > "23" or off_m > "59"):
+        return None
+    seconds = midnight + int(hour) * 3600 + int(minute) * 60 + int(second)
+    if not zulu:
+        offset = int(off_h) * 3600 + int(off_m) * 60
+        seconds -= offset if sign == "+" else -offset
     return seconds + int(fraction) / 10 ** len(fraction) if fraction else float(seconds)
 
 
 class EventTime:
     """The venue's event time at `path` in `unit`, compiled once; `seconds(frame)` per frame."""
 
-    __slots__ = ("path", "unit")
+    __slots__ = ("_divisor", "path", "unit")
 
     def __init__(self, path: str | Pointer, unit: TimeUnit = "ms") -> None:
         if unit != "iso" and unit not in _DIVISOR:
             raise ValueError(f"unknown time unit {unit!r} (s, ms, us, ns or iso)")
         self.path = path if isinstance(path, Pointer) else Pointer(path)
         self.unit = unit
+        self._divisor = _DIVISOR.get(unit, 0)
 
     def seconds(self, frame: Any) -> float | None:
         """Unix seconds, or None when the field is missing or malformed."""
         value = self.path.get(frame)
-        if self.unit == "iso":
+        divisor = self._divisor
+        if type(value) is int and divisor:  # the usual case first; bool is no int here
+            # Whole seconds apart keep a nanosecond count exact to well below a microsecond.
+            return value // divisor + value % divisor / divisor
+        if not divisor:
             return parse_iso(value) if isinstance(value, str) else None
         if isinstance(value, str):
             try:
                 value = int(value) if value.isdigit() and value.isascii() else float(value)
             except ValueError:
                 return None
-        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            if type(value) is int:
+                return value // divisor + value % divisor / divisor
+        elif type(value) is not float:
             return None
-        if value != value or value in (float("inf"), float("-inf")):
+        if value != value or value in (_INF, -_INF):
             return None
-        divisor = _DIVISOR[self.unit]
-        if type(value) is int:
-            # Whole seconds apart keep a nanosecond count exact to well below a microsecond.
-            whole, rest = divmod(value, divisor)
-            return whole + rest / divisor
         return float(value) / divisor
+
+
+_INF = float("inf")
 
 
 @lru_cache(maxsize=64)

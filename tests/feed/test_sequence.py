@@ -3,7 +3,14 @@ import calendar
 import pytest
 
 from app.feed.pointer import Pointer
-from app.feed.sequence import EventTime, SequenceTracker, Step, event_time_seconds, parse_iso
+from app.feed.sequence import (
+    EventTime,
+    SequenceTracker,
+    Step,
+    _parse_rfc3339,
+    event_time_seconds,
+    parse_iso,
+)
 
 
 def coinbase(seq, product="BTC-USD"):
@@ -123,7 +130,6 @@ def test_nanoseconds_keep_microsecond_precision():
     ({"a": 1}, "ms"), (1764089650, "iso"), ("2026-11-25T16:54:10", "iso"),
     ("2026-11-25", "iso"), ("2026-13-25T16:54:10Z", "iso"), ("2026-02-30T16:54:10Z", "iso"),
     ("2026-11-25T24:00:00Z", "iso"), ("2026-11-25T23:59:60Z", "iso"),
-    ("2026-11-25T16:54:10.1234567890Z", "iso"), ("2026-11-25T16:54:10.Z", "iso"),
     ("x2026-11-25T16:54:10Z", "iso"),
 ])
 def test_malformed_event_times_are_none(value, unit):
@@ -148,3 +154,29 @@ def test_bad_units_and_pointers_are_refused():
 def test_parse_iso_is_exact_for_whole_seconds():
     assert parse_iso("1970-01-01T00:00:00Z") == 0.0
     assert parse_iso("1970-01-01T01:00:00+01:00") == 0.0
+
+
+ISO_CASES = [
+    ("2026-11-25T16:54:10.123456Z", 1795625650.123456),
+    ("2026-11-25T16:54:10.123456789Z", 1795625650.123456789),
+    ("2026-11-25t16:54:10.5z", 1795625650.5),
+    ("2026-11-25 16:54:10,25+00:00", 1795625650.25),
+    ("2026-11-25T18:54:10+02:00", 1795625650.0),
+    ("2026-11-25T11:24:10-0530", 1795625650.0),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), ISO_CASES)
+def test_the_fallback_parser_agrees(text, expected):
+    # The fallback is what Python 3.10 (no "Z" in fromisoformat) uses for every time.
+    assert _parse_rfc3339(text) == pytest.approx(expected, abs=1e-6)
+    assert parse_iso(text) == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.parametrize("text", [
+    "2026-11-25T16:54:10", "2026-02-30T16:54:10Z", "2026-11-25T24:00:00Z",
+    "2026-11-25T23:59:60Z", "2026-11-25T16:54:10+24:00", "2026-11-25T16:54:10.1234567890Z",
+    "2026-11-25T16:54:10.Z", "20261125T165410Z",
+])
+def test_the_fallback_parser_is_strict_rfc3339(text):
+    assert _parse_rfc3339(text) is None
