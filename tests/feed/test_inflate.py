@@ -102,3 +102,15 @@ def test_a_one_megabyte_frame_that_inflates_to_a_gigabyte_fails_fast_and_small(m
     # limit + one step + zlib's own state and window (about 40 KiB).
     assert peak < limit + STEP + 48 * 1024, peak
     assert elapsed < 1.0  # inflating the whole gigabyte takes seconds
+
+
+def test_an_unknown_method_is_a_programming_error():
+    with pytest.raises(ValueError, match="unknown compression method 'brotli'") as caught:
+        inflate(b"x", "brotli", 10)
+    assert not isinstance(caught.value, IngestError)
+
+
+def test_a_zero_limit_takes_only_empty_frames():
+    assert inflate(gzip.compress(b""), "gzip", 0) == b""
+    with pytest.raises(TooLarge):
+        inflate(gzip.compress(b"x"), "gzip", 0)
