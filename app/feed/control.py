@@ -385,17 +385,17 @@ class ControlRules:
                 verdict = self._bytes.get(payload)
                 if verdict is not None:
                     return verdict
-            for index, needle in enumerate(self._needles_bytes):
+            for needle in self._needles_bytes:
                 if needle in payload:
-                    return self._after_needle(payload, index)
+                    return self._after_needle(payload, self._needles_bytes.index(needle))
         else:
             if len(payload) in self._text_lengths:
                 verdict = self._texts.get(payload)
                 if verdict is not None:
                     return verdict
-            for index, text_needle in enumerate(self._needles_str):
+            for text_needle in self._needles_str:
                 if text_needle in payload:
-                    return self._after_needle(payload, index)
+                    return self._after_needle(payload, self._needles_str.index(text_needle))
         if self._unfiltered:
             return self._classify_object(payload)
         return None
