@@ -7,23 +7,38 @@ environment. Header values are `SecretStr`, so they print masked everywhere.
 from __future__ import annotations
 
 import json
+import os
+import re
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
     SecretStr,
+    SerializerFunctionWrapHandler,
     ValidationError,
+    ValidationInfo,
     field_validator,
+    model_serializer,
     model_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.errors import ConfigError
+from app.feed.control import (
+    ControlRules,
+    compile_copies,
+    compile_match,
+    compile_message,
+    compile_reply,
+)
+from app.feed.pointer import Pointer
+from app.feed.sequence import EventTime, SequenceTracker
 from app.retry import Backoff
 
 ENV_PREFIX = "INGEST_"
@@ -76,6 +91,131 @@ def derive_name(url: str) -> str:
     return (host + parts.path).rstrip("/")
 
 
+def _match(value: Any) -> Any:
+    compile_match(value)
+    return value
+
+
+def _optional_match(value: Any) -> Any:
+    return None if value is None else _match(value)
+
+
+def _message(value: Any) -> Any:
+    compile_message(value)
+    return value
+
+
+def _pointer(value: str) -> str:
+    Pointer(value)
+    return value
+
+
+MatchSpec = Annotated[Any, AfterValidator(_match)]
+"""A string (a text frame equal to it) or a JSON object (see app.feed.control)."""
+OptionalMatch = Annotated[Any, AfterValidator(_optional_match)]
+MessageSpec = Annotated[Any, AfterValidator(_message)]
+"""A string sent as-is, or a JSON object or array sent as JSON text."""
+PointerText = Annotated[str, AfterValidator(_pointer)]
+"""An RFC 6901 JSON pointer."""
+
+_HOOK = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
+_PROXY_SCHEMES = ("http", "https", "socks5", "socks5h", "socks4")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _an_object(cls, value: Any) -> Any:
+        # Else pydantic's message names our class: "... or instance of HeartbeatSettings".
+        if not isinstance(value, (dict, BaseModel)):
+            raise ValueError("must be a JSON object")
+        return value
+
+
+class HeartbeatSettings(_Strict):
+    """`heartbeat`: our application-level ping and what answers it."""
+
+    send: MessageSpec
+    interval: float = Field(20, gt=0)
+    expect: OptionalMatch = None
+    timeout: float = Field(10, gt=0)
+
+    def message(self) -> str:
+        """`send` as sent: a string as-is, an object or array as compact JSON text."""
+        return compile_message(self.send)
+
+
+class ReplySettings(_Strict):
+    """An item of `replies`: how to answer a server-side application ping."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    when: MatchSpec
+    send: MessageSpec
+    copy_: dict[str, str] = Field(default_factory=dict, alias="copy")
+
+    @field_validator("copy_")
+    @classmethod
+    def _copies(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        if "send" in info.data:  # else `send` is already reported
+            compile_copies(info.data["send"], value)
+        return value
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # The field is copy_ only because BaseModel has a copy() method; users write "copy".
+        data: dict[str, Any] = handler(self)
+        if "copy_" in data:
+            data["copy"] = data.pop("copy_")
+        return data
+
+
+class SubscribeAckSettings(_Strict):
+    """`subscribe_ack`: one `expect` per subscribe message within `timeout`; `error` refuses."""
+
+    expect: MatchSpec
+    error: OptionalMatch = None
+    timeout: float = Field(5, gt=0)
+
+
+class SequenceSettings(_Strict):
+    """`sequence`: the upstream sequence number, and what it counts per."""
+
+    path: PointerText
+    scope: PointerText | None = None
+
+
+class EventTimeSettings(_Strict):
+    """`event_time`: the venue's event time and its unit."""
+
+    path: PointerText
+    unit: Literal["s", "ms", "us", "ns", "iso"] = "ms"
+
+
+class TlsSettings(_Strict):
+    """`tls` (also INGEST_SINK_TLS): custom CA, client certificate, verification."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    verify: bool = True
+
+    @field_validator("ca_file", "cert_file", "key_file")
+    @classmethod
+    def _exists(cls, value: str | None) -> str | None:
+        if value is not None and not os.path.isfile(value):
+            raise ValueError(f"no such file: {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _key_needs_cert(self) -> TlsSettings:
+        if self.key_file and not self.cert_file:
+            raise ValueError("key_file needs cert_file")
+        return self
+
+
 class FeedSettings(BaseModel):
     """One upstream feed, an item of INGEST_SOURCES."""
 
@@ -84,18 +224,53 @@ class FeedSettings(BaseModel):
     name: str = ""
     url: str
     headers: dict[str, SecretStr] = Field(default_factory=dict)
-    subscribe: list[Any] = Field(default_factory=list)
+    subscribe: list[MessageSpec] = Field(default_factory=list)
     subprotocols: list[str] = Field(default_factory=list)
     ping_interval: float = Field(20, gt=0)
     ping_timeout: float = Field(20, gt=0)
     open_timeout: float = Field(10, gt=0)
     idle_timeout: float = Field(0, ge=0)
     max_message_bytes: int = Field(1_048_576, gt=0)
+    # Real venues (CONTRACT.md); each is compiled here once so a bad one stops start-up.
+    heartbeat: HeartbeatSettings | None = None
+    replies: list[ReplySettings] = Field(default_factory=list)
+    control: list[MatchSpec] = Field(default_factory=list)
+    subscribe_ack: SubscribeAckSettings | None = None
+    decompress: Literal["none", "gzip", "zlib", "deflate", "auto"] = "none"
+    compression: Literal["deflate", "none"] = "deflate"
+    rotate_after: float = Field(0, ge=0)
+    rotate_on: OptionalMatch = None
+    sequence: SequenceSettings | None = None
+    event_time: EventTimeSettings | None = None
+    connect_hook: str | None = None
+    tls: TlsSettings | None = None
+    proxy: str | None = None  # None: the standard proxy variables apply; "none": no proxy
 
     @field_validator("url")
     @classmethod
     def _ws_url(cls, value: str) -> str:
         return _check_ws_url(value)
+
+    @field_validator("connect_hook")
+    @classmethod
+    def _hook_path(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not _HOOK.fullmatch(value.strip()):
+            raise ValueError("must be package.module:function")
+        return value.strip()
+
+    @field_validator("proxy")
+    @classmethod
+    def _proxy_url(cls, value: str | None) -> str | None:
+        if value is None or value.strip().lower() == "none":
+            return None if value is None else "none"
+        parts = urlsplit(value.strip())
+        if parts.scheme.lower() not in _PROXY_SCHEMES:
+            raise ValueError(f"must be a URL with scheme {', '.join(_PROXY_SCHEMES)}, or none")
+        if not parts.hostname:
+            raise ValueError("has no host")
+        return value.strip()
 
     @model_validator(mode="after")
     def _default_name(self) -> FeedSettings:
@@ -107,6 +282,30 @@ class FeedSettings(BaseModel):
         """The subscribe messages as sent: objects and lists as JSON text, strings as they are."""
         return [m if isinstance(m, str) else json.dumps(m, separators=(",", ":"))
                 for m in self.subscribe]
+
+    def control_rules(self) -> ControlRules:
+        """The compiled control rules; falsy when the feed has none (skip classifying then)."""
+        heartbeat, ack = self.heartbeat, self.subscribe_ack
+        return ControlRules(
+            heartbeat=heartbeat.expect if heartbeat else None,
+            replies=[compile_reply(r.when, r.send, r.copy_) for r in self.replies],
+            ack=ack.expect if ack else None,
+            ack_error=ack.error if ack else None,
+            notice=self.rotate_on,
+            control=self.control,
+        )
+
+    def sequence_tracker(self) -> SequenceTracker | None:
+        """A fresh tracker of the upstream sequence, or None without `sequence`."""
+        if self.sequence is None:
+            return None
+        return SequenceTracker(self.sequence.path, self.sequence.scope)
+
+    def event_time_reader(self) -> EventTime | None:
+        """The reader of the venue's event time, or None without `event_time`."""
+        if self.event_time is None:
+            return None
+        return EventTime(self.event_time.path, self.event_time.unit)
 
 
 class Settings(BaseSettings):
