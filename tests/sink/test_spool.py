@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,6 +37,12 @@ def everything(spool: Spool) -> list[Stored]:
 def integrity(directory: Path) -> str:
     with sqlite3.connect(directory / "spool.db") as db:
         return str(db.execute("PRAGMA integrity_check").fetchone()[0])
+
+
+def counted(spool: Spool) -> tuple[int, int]:
+    """Bytes and messages counted from what is stored, to check the counters kept in memory."""
+    stored = everything(spool)
+    return sum(len(s.message) for s in stored), len(stored)
 
 
 @pytest.fixture
@@ -70,7 +77,7 @@ def test_confirm_deletes_only_up_to_the_id_and_updates_the_counters(spool: Spool
     assert spool.stats() == (200, 2, 1004.0)
     spool.confirm(3)  # again: nothing left at or below 3, nothing changes
     assert spool.stats() == (200, 2, 1004.0)
-    spool.confirm(5)
+    spool.confirm(99)  # beyond the last id: everything
     assert spool.stats() == (0, 0, None)
     assert everything(spool) == []
 
@@ -95,8 +102,10 @@ def test_counters_and_content_are_rebuilt_on_reopen(tmp_path: Path) -> None:
         assert again.stats() == before == (2 * 50 + 2 * 70, 4, 1003.0)
         assert [(s.id, s.source, s.seq) for s in everything(again)] == [
             (3, "a", 3), (4, "a", 4), (5, "b", 1), (6, "b", 2)]
-        again.append(records("a", 5, 1))
+        again.append(records("a", 5, 1, size=30))
         assert everything(again)[-1].id == 7  # numbering goes on after what is stored
+        again.confirm(4)
+        assert again.stats() == (2 * 70 + 30, 3, 1001.0) and counted(again) == (170, 3)
     finally:
         again.close()
 
@@ -152,6 +161,45 @@ def test_block_waits_until_confirm_frees_room(tmp_path: Path) -> None:
         spool.close()
 
 
+def test_a_drainer_thread_gets_everything_once_in_order_while_the_worker_appends(
+        spool: Spool) -> None:
+    def work() -> None:
+        for b in range(100):
+            assert spool.append(records("a", b * 20 + 1, 20, size=50))
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    drained: list[int] = []
+    after = 0
+    deadline = time.monotonic() + 10
+    while len(drained) < 2000 and time.monotonic() < deadline:
+        if not spool.wait_for_data(after, timeout=1.0):
+            continue
+        got = spool.peek(after, 64, 1 << 20)
+        drained += [s.seq for s in got]
+        after = got[-1].id
+        spool.confirm(after)
+    worker.join(timeout=10)
+    assert drained == list(range(1, 2001))
+    assert spool.stats() == (0, 0, None)
+
+
+def test_wait_for_data_returns_once_a_record_past_the_id_is_waiting(spool: Spool) -> None:
+    assert not spool.wait_for_data(0, timeout=0.02)
+    spool.append(records("a", 1, 2))
+    assert spool.wait_for_data(0, timeout=0.0) and spool.wait_for_data(1, timeout=0.0)
+    assert not spool.wait_for_data(2, timeout=0.02)
+    spool.confirm(2)
+    assert not spool.wait_for_data(0, timeout=0.0)  # empty: ids below the head do not count
+    woken: list[bool] = []
+    waiter = threading.Thread(target=lambda: woken.append(spool.wait_for_data(2, timeout=10)))
+    waiter.start()
+    assert holds_for(lambda: not woken, 0.05)
+    spool.append(records("a", 3, 1))
+    waiter.join(timeout=10)
+    assert woken == [True]
+
+
 def test_a_full_disk_raises_spool_error_changes_nothing_and_the_store_recovers(
         tmp_path: Path) -> None:
     directory = tmp_path / "spool"
@@ -166,7 +214,7 @@ def test_a_full_disk_raises_spool_error_changes_nothing_and_the_store_recovers(
         before = spool.stats()
         with pytest.raises(SpoolError, match="full"):
             spool.append(records("a", 401, 200, size=1000))
-        assert spool.stats() == before
+        assert spool.stats() == before and counted(spool) == before[:2]
         assert [s.seq for s in everything(spool)] == list(range(1, 401))
         spool.reserve_seq("a", 5000)  # small writes that fit still work
         spool.confirm(300)  # room is made: freed pages are reused
@@ -174,6 +222,7 @@ def test_a_full_disk_raises_spool_error_changes_nothing_and_the_store_recovers(
         stored = everything(spool)
         assert [s.seq for s in stored] == list(range(301, 601))
         assert [s.id for s in stored] == list(range(301, 601))  # no id lost to the failure
+        assert spool.stats()[:2] == counted(spool) == (300 * 1000, 300)
     finally:
         spool.close()
     assert integrity(directory) == "ok"
