@@ -211,8 +211,10 @@ class Spool:
             return True
 
     def peek(self, after_id: int, limit: int, max_bytes: int) -> list[Stored]:
-        """Up to `limit` records with id > `after_id`, in order, stopping once their messages
-        reach `max_bytes` (at least one record if any is waiting, however large). Removes nothing.
+        """Up to `limit` records with id > `after_id`, in order, stopping after the record whose
+        message brings the total to `max_bytes` or more (so at least one record if any is
+        waiting, however large). Removes nothing; the drainer passes the last id it has sent to
+        read on while earlier ones await confirmation.
         """
         out: list[Stored] = []
         total = 0
