@@ -42,6 +42,7 @@ class Endpoint:
     subprotocols: tuple[str, ...] = ()
     open_timeout: float = 10.0
     max_size: int | None = 1_048_576
+    max_queue: int = 16
     compression: bool = True
 
 
@@ -59,7 +60,8 @@ async def open_connection(
         options["subprotocols"] = list(endpoint.subprotocols)
     async with connect(
         endpoint.url, additional_headers=endpoint.headers, open_timeout=endpoint.open_timeout,
-        max_size=endpoint.max_size, compression="deflate" if endpoint.compression else None,
+        max_size=endpoint.max_size, max_queue=endpoint.max_queue,
+        compression="deflate" if endpoint.compression else None,
         ping_interval=ping_interval, ping_timeout=ping_timeout, close_timeout=CLOSE_TIMEOUT_S,
         create_connection=connection_class, **options,
     ) as ws:
@@ -105,7 +107,8 @@ def fail_now(ws: ClientConnection, reason: str) -> None:
     ws.transport.abort()
 
 
-async def keepalive(ws: ClientConnection, interval: float, timeout: float, log: Logger) -> None:
+async def keepalive(ws: ClientConnection, interval: float, timeout: float, log: Logger,
+                    on_pong: Callable[[], None] = lambda: None) -> None:
     """Ping every `interval`; no pong within `timeout`: fail the connection at once.
 
     websockets' own keepalive would then wait close_timeout more for a closing handshake, so a
@@ -115,6 +118,7 @@ async def keepalive(ws: ClientConnection, interval: float, timeout: float, log: 
         await asyncio.sleep(interval)
         try:
             await asyncio.wait_for(await ws.ping(), timeout)
+            on_pong()
         except ConnectionClosed:
             return  # the reader sees it too, and reconnects
         except asyncio.TimeoutError:

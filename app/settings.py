@@ -452,6 +452,9 @@ class SourceOptions:
     batch_timeout: timedelta
     linger: timedelta
     reconnect: Backoff
+    buffer_bytes: int = 4 * 1024 * 1024
+    """Bytes a feed's frames may take while they wait for a poll (at least 2 x its
+    max_message_bytes): past it the feed is not read (backpressure, not memory)."""
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,34 @@
-"""Which connections are open, in one place: `/readyz` and the `up` gauges both read it.
+"""Which connections are up, in one place: `/readyz` and the `up` gauges both read it.
 
-Partitions report their connections here from their own threads; the HTTP thread reads. Nothing
-here writes a metric: the `up` gauges are computed from this record when they are scraped.
+Partitions report here from their own threads; the HTTP thread reads. Nothing here writes a
+metric: the `up` gauges are computed from this record when they are scraped.
+
+A feed is up only on recent evidence: it is connected (and subscribed), and a frame or a pong
+arrived within its `stale_after` seconds (ping_interval + ping_timeout). While nothing runs its
+event loop (a worker waiting on the sink), no evidence arrives, and the feed stops counting as
+up rather than claiming what nobody checked.
 """
 
 from __future__ import annotations
 
 import threading
+import time
+from dataclasses import dataclass
+
+
+@dataclass
+class FeedHealth:
+    """One feed's evidence of life, written by its reader (plain attribute stores)."""
+
+    stale_after: float
+    connected: bool = False
+    alive_at: float = 0.0  # time.monotonic() of the last frame or pong
+
+    def up(self, now: float) -> bool:
+        return self.connected and now - self.alive_at <= self.stale_after
+
+    def seen(self) -> None:
+        self.alive_at = time.monotonic()
 
 
 class ConnectionStatus:
@@ -18,13 +40,16 @@ class ConnectionStatus:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._sources: dict[str, bool] = {}
+        self._feeds: dict[str, FeedHealth] = {}
         self._sinks: dict[str, bool] = {}
         self.running = False
 
-    def set_source(self, name: str, up: bool) -> None:
+    def feed(self, name: str, stale_after: float) -> FeedHealth:
+        """Register a feed (down) and return the record its reader keeps up to date."""
+        health = FeedHealth(stale_after)
         with self._lock:
-            self._sources[name] = up
+            self._feeds[name] = health
+        return health
 
     def set_sink(self, connection: str, up: bool) -> None:
         with self._lock:
@@ -32,7 +57,8 @@ class ConnectionStatus:
 
     def source_up(self, name: str) -> bool:
         with self._lock:
-            return self._sources.get(name, False)
+            health = self._feeds.get(name)
+        return health is not None and health.up(time.monotonic())
 
     def sink_up(self) -> bool:
         """True while every registered sink connection is open (and there is one)."""
@@ -41,9 +67,10 @@ class ConnectionStatus:
 
     def readiness(self) -> dict[str, object]:
         """{"ready": bool, "sources_down": [...], "sink_up": bool}."""
+        now = time.monotonic()
         with self._lock:
-            down = sorted(name for name, up in self._sources.items() if not up)
-            started = bool(self._sources) or bool(self._sinks)
+            down = sorted(name for name, health in self._feeds.items() if not health.up(now))
+            started = bool(self._feeds) or bool(self._sinks)
         sink_up = self.sink_up()
         return {"ready": started and not down and sink_up, "sources_down": down,
                 "sink_up": sink_up}

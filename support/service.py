@@ -114,6 +114,18 @@ class Service:
     def metric(self, name: str, **labels: str) -> float | None:
         return self.metrics().get((name, tuple(sorted(labels.items()))))
 
+    def wait_serving(self, timeout: float = 30) -> None:
+        """Until the HTTP endpoints answer (whatever they say)."""
+        def serving() -> bool:
+            assert self.process.poll() is None, f"service exited:\n{self.stderr()}{self.stdout()}"
+            try:
+                self.get("/healthz")
+            except OSError:
+                return False
+            return True
+
+        wait_until(serving, timeout, interval=0.1, message="the HTTP endpoints never answered")
+
     def wait_ready(self, timeout: float = 30) -> None:
         def ready() -> bool:
             assert self.process.poll() is None, f"service exited:\n{self.stderr()}{self.stdout()}"

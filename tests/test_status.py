@@ -9,15 +9,25 @@ def test_not_ready_before_anything_is_registered():
 
 def test_ready_only_when_every_feed_and_sink_is_up():
     status = ConnectionStatus()
-    status.set_source("a", False)
-    status.set_source("b", False)
+    a, b = status.feed("a", 10), status.feed("b", 10)
     status.set_sink("sink-0", True)
-    status.set_source("a", True)
+    a.connected = True
+    a.seen()
     assert status.readiness() == {"ready": False, "sources_down": ["b"], "sink_up": True}
     assert not status.source_up("b")
-    status.set_source("b", True)
+    b.connected = True
+    b.seen()
     assert status.readiness()["ready"] is True
     assert status.source_up("b")
     status.set_sink("sink-1", False)
     assert status.readiness() == {"ready": False, "sources_down": [], "sink_up": False}
     assert not status.sink_up()
+
+
+def test_a_connected_feed_without_recent_evidence_is_not_up():
+    status = ConnectionStatus()
+    feed = status.feed("quiet", stale_after=5)
+    feed.connected = True
+    feed.alive_at = 100.0
+    assert feed.up(104.9)
+    assert not feed.up(105.1)  # connected, but nothing checked it for longer than stale_after

@@ -1,10 +1,14 @@
 """One feed's connection, inside its partition's event loop: connect, subscribe, read, keep
-alive, reconnect.
+alive (protocol pings and the venue's own heartbeats), answer the venue, reconnect.
 
-A `FeedReader` numbers every frame by `seq` (from 1, across reconnects) and keeps the frames in
-order until its partition takes them. It stops reading while `batch_size` frames wait
-(backpressure: the socket's buffers fill and upstream slows down, rather than memory growing).
-Nothing escapes `run()` but cancellation: every failure is logged, counted and retried.
+A `FeedReader` numbers every data frame by `seq` (from 1, across reconnects) and keeps the frames
+in order until its partition takes them. Control frames (the feed's `heartbeat`, `replies`,
+`control`, `subscribe_ack` and `rotate_on` rules, see app/feed/control.py) are answered and
+counted, never numbered nor handed over. Memory is bounded per feed: reading stops while
+`batch_size` frames or `buffer_bytes` bytes wait (backpressure: the socket's buffers fill and
+upstream slows down), and a frame over `max_message_bytes` keeps only its first KiB (for the
+dead-letter record). Nothing escapes `run()` but cancellation: every failure is logged, counted
+and retried with backoff.
 """
 
 from __future__ import annotations
@@ -13,20 +17,34 @@ import asyncio
 import time
 from collections.abc import Callable
 
+import orjson
 import structlog
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 
-from app.envelope import Frame, payload_size
+from app.envelope import Frame, Payload, payload_size
+from app.errors import IngestError
+from app.feed.control import HeartbeatClock, SubscribeTracker, Verdict, describe_frame
+from app.feed.inflate import InflateError, TooLarge, inflate
+from app.logs import RateLimiter
 from app.metrics import FeedMetrics
-from app.net import Endpoint, keepalive, open_connection, reconnect_forever
+from app.net import Endpoint, fail_now, keepalive, open_connection, reconnect_forever
 from app.retry import Failure
 from app.settings import FeedSettings, SourceOptions, mask_url, reveal
 from app.status import ConnectionStatus
 
 FRAME_LIMIT_FACTOR = 16
 """The WebSocket library's own frame limit, as a multiple of max_message_bytes (memory guard)."""
+RECEIVE_QUEUE = 4
+"""Frames websockets may hold for us before it stops reading the socket (its default is 16:
+16 frames of up to 16 x max_message_bytes each would be the real memory bound)."""
+KEPT_OF_TOO_LARGE = 1024
+"""Bytes kept of a frame over max_message_bytes: the dead-letter record shows no more."""
+
+
+class SubscribeFailed(IngestError):
+    """The venue refused the subscription: the connection is dropped and retried with backoff."""
 
 
 class FeedReader:
@@ -38,26 +56,36 @@ class FeedReader:
         self.feed = feed
         self.name = feed.name
         self._options = options
-        self._status = status
         self._metrics = metrics
         self._on_data = on_data
         self._log = log.bind(source=feed.name, url=mask_url(feed.url))
         self._endpoint = Endpoint(
             url=feed.url, headers=reveal(feed.headers), subprotocols=tuple(feed.subprotocols),
-            open_timeout=feed.open_timeout,
-            max_size=FRAME_LIMIT_FACTOR * feed.max_message_bytes)
-        self._decode = False if options.payload == "json" else None  # bytes for the JSON parser
+            open_timeout=feed.open_timeout, max_size=FRAME_LIMIT_FACTOR * feed.max_message_bytes,
+            max_queue=RECEIVE_QUEUE, compression=feed.compression == "deflate")
+        self._health = status.feed(feed.name, stale_after=feed.ping_interval + feed.ping_timeout)
+        metrics.up.set_function(lambda: float(self._health.up(time.monotonic())))
+        self._buffer_bytes = max(2 * feed.max_message_bytes, options.buffer_bytes)
+        self._rules = feed.control_rules()
+        self._sequence = feed.sequence_tracker()
+        self._event_time = feed.event_time_reader()
+        # Frames the plain loop cannot take: binary to inflate, control rules, parsed fields.
+        self._plain = not (self._rules or self._sequence or self._event_time
+                           or feed.decompress != "none" or feed.heartbeat)
+        # bytes for the JSON parser; str/bytes by frame type where binary frames get inflated
+        self._decode = (None if options.payload == "text" or feed.decompress != "none"
+                        else False)
         self._pending: list[Frame] = []
+        self._pending_bytes = 0
         self._has_room = asyncio.Event()
         self._has_room.set()
         self._seq = 0
         self._last_frame_at = 0.0
-        status.set_source(feed.name, False)
-        metrics.up.set_function(lambda: float(status.source_up(feed.name)))
+        self._quiet = RateLimiter()
 
     def take(self) -> list[Frame]:
         """The frames read so far, in order; reading goes on into a fresh list."""
-        frames, self._pending = self._pending, []
+        frames, self._pending, self._pending_bytes = self._pending, [], 0
         self._has_room.set()
         return frames
 
@@ -69,7 +97,7 @@ class FeedReader:
             on_down=self._down, on_failure=self._failed, on_closed=self._closed)
 
     def _down(self) -> None:
-        self._status.set_source(self.name, False)
+        self._health.connected = False
 
     def _failed(self, failure: Failure) -> None:
         self._metrics.connect_failures[failure.reason].inc()
@@ -79,37 +107,107 @@ class FeedReader:
             self._metrics.invalid["too_large"].inc()
 
     async def _session(self, ws: ClientConnection) -> None:
-        for message in self.feed.subscribe_messages():
+        feed = self.feed
+        messages = feed.subscribe_messages()
+        for message in messages:
             await ws.send(message)
-        self._status.set_source(self.name, True)
         self._metrics.connects.inc()
-        self._log.info("source_connected", subscribed=len(self.feed.subscribe),
-                       subprotocol=ws.subprotocol)
+        self._health.seen()
+        self._log.info("source_connected", subscribed=len(messages), subprotocol=ws.subprotocol)
+        if self._sequence is not None:
+            self._sequence.reset()  # a new connection: a jump is not a gap
+        session = _Session(self, ws, len(messages))
         loop = asyncio.get_running_loop()
-        helpers = [loop.create_task(
-            keepalive(ws, self.feed.ping_interval, self.feed.ping_timeout, self._log))]
-        if self.feed.idle_timeout:
+        helpers = [loop.create_task(keepalive(ws, feed.ping_interval, feed.ping_timeout,
+                                              self._log, on_pong=self._health.seen))]
+        if feed.idle_timeout:
             helpers.append(loop.create_task(self._watch_idle(ws)))
+        if feed.heartbeat is not None or feed.subscribe_ack is not None:
+            helpers.append(loop.create_task(session.keep_time()))
+        if session.subscribed:
+            self._health.connected = True
         try:
-            await self._read(ws)
+            await (self._read_plain(ws) if self._plain else self._read(ws, session))
         finally:
             for helper in helpers:
                 helper.cancel()
 
-    async def _read(self, ws: ClientConnection) -> None:
-        recv, decode, on_data = ws.recv, self._decode, self._on_data
-        batch_size, now = self._options.batch_size, time.time
-        self._last_frame_at = now()
+    async def _wait_for_room(self) -> None:
+        if len(self._pending) >= self._options.batch_size or (
+                self._pending_bytes >= self._buffer_bytes):
+            self._has_room.clear()
+            await self._has_room.wait()
+
+    def _keep(self, payload: Payload, size: int, received_at: float) -> None:
+        """Number a data frame and keep it for the next poll."""
+        if size > self.feed.max_message_bytes:  # invalid anyway: keep what a dead letter shows
+            payload = payload[:KEPT_OF_TOO_LARGE]
+        self._seq += 1
+        if not self._pending:
+            self._on_data(self)
+        self._pending.append(Frame(self._seq, received_at, payload, size))
+        self._pending_bytes += len(payload)
+
+    async def _read_plain(self, ws: ClientConnection) -> None:
+        """The common case, kept tight: every frame is data."""
+        recv, decode, keep, health = ws.recv, self._decode, self._keep, self._health
+        self._last_frame_at = time.time()
         while True:
-            if len(self._pending) >= batch_size:
-                self._has_room.clear()
-                await self._has_room.wait()
+            await self._wait_for_room()
             payload = await recv(decode)
-            self._seq += 1
-            self._last_frame_at = received_at = now()
-            if not self._pending:
-                on_data(self)
-            self._pending.append(Frame(self._seq, received_at, payload, payload_size(payload)))
+            self._last_frame_at = received_at = time.time()
+            health.alive_at = time.monotonic()
+            keep(payload, payload_size(payload), received_at)
+
+    async def _read(self, ws: ClientConnection, session: _Session) -> None:
+        """Frames through the feed's rules: inflate, classify, answer control, track data."""
+        feed, rules = self.feed, self._rules
+        self._last_frame_at = time.time()
+        while True:
+            await self._wait_for_room()
+            payload = await ws.recv(self._decode)
+            self._last_frame_at = received_at = time.time()
+            self._health.alive_at = now = time.monotonic()
+            size = -1
+            if isinstance(payload, bytes) and feed.decompress != "none":
+                try:
+                    payload = inflate(payload, feed.decompress, feed.max_message_bytes)
+                except TooLarge:
+                    size = feed.max_message_bytes + 1  # how far it got: never inflated past
+                except InflateError:
+                    pass  # left as received: the envelope step counts it as `decode`
+            if size < 0:
+                verdict = rules.classify(payload) if rules else None
+                if verdict is not None:
+                    await session.on_control(verdict, payload, now)
+                    continue
+                size = payload_size(payload)
+            session.on_data(now)
+            if (self._sequence or self._event_time) and size <= feed.max_message_bytes:
+                self._track(payload, received_at)
+            self._keep(payload, size, received_at)
+
+    def _track(self, payload: Payload, received_at: float) -> None:
+        """The venue's sequence (gaps) and event time (lag) of a data frame."""
+        try:
+            frame = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            return  # invalid: the envelope step counts it
+        if self._event_time is not None:
+            event_time = self._event_time.seconds(frame)
+            if event_time is not None:
+                self._metrics.upstream_lag.observe(max(0.0, received_at - event_time))
+        if self._sequence is not None:
+            step = self._sequence.observe(frame)
+            if step is None or step.kind in ("first", "in_order"):
+                return
+            if step.kind == "gap":
+                self._metrics.upstream_gaps.inc()
+                self._metrics.upstream_missing.inc(step.missing)
+            if (suppressed := self._quiet.allow(("sequence", step.kind))) is not None:
+                self._log.warning(f"upstream_{step.kind}", scope=step.scope,
+                                  expected=step.expected, received=step.received,
+                                  suppressed=suppressed)
 
     async def _watch_idle(self, ws: ClientConnection) -> None:
         idle = self.feed.idle_timeout
@@ -123,3 +221,92 @@ class FeedReader:
                 self._log.warning("source_idle", idle_timeout_s=idle)
                 await ws.close(CloseCode.NORMAL_CLOSURE, "idle timeout")
                 return
+
+
+class _Session:
+    """What one connection of a feed with venue rules keeps: its heartbeat clock, its
+    subscription round, and how to answer control frames."""
+
+    def __init__(self, reader: FeedReader, ws: ClientConnection, subscribed: int) -> None:
+        feed = reader.feed
+        now = time.monotonic()
+        self._reader, self._ws, self._log = reader, ws, reader._log
+        self._control = reader._metrics.control
+        heartbeat = feed.heartbeat
+        self._heartbeat = heartbeat.message() if heartbeat else None
+        self.clock = (HeartbeatClock(heartbeat.interval, heartbeat.timeout, now,
+                                     any_frame_is_reply=heartbeat.expect is None)
+                      if heartbeat else None)
+        ack = feed.subscribe_ack
+        self.tracker = SubscribeTracker(subscribed, ack.timeout, now) if ack else None
+
+    @property
+    def subscribed(self) -> bool:
+        return self.tracker is None or self.tracker.state == "done"
+
+    def on_data(self, now: float) -> None:
+        if self.clock is not None:
+            self.clock.received(now)
+
+    async def on_control(self, verdict: Verdict, payload: Payload, now: float) -> None:
+        kind = verdict.kind
+        self._control["ack" if kind == "ack_error" else kind].inc()
+        if self.clock is not None:
+            self.clock.received(now)
+            if kind == "heartbeat":
+                self.clock.replied(now)
+        if verdict.answer is not None:
+            await self._ws.send(verdict.answer)
+        elif kind in ("ack", "ack_error") and self.tracker is not None:
+            state = (self.tracker.acked() if kind == "ack" else self.tracker.refused(payload))
+            self._subscription(state)
+        elif kind == "notice":
+            # Until make-before-break lands, an announced close is met with a prompt reconnect.
+            self._log.warning("source_notice", frame=describe_frame(payload))
+            await self._ws.close(CloseCode.NORMAL_CLOSURE, "venue announced a close")
+
+    def _subscription(self, state: str) -> None:
+        reader = self._reader
+        if state == "done" and not reader._health.connected:
+            reader._health.connected = True
+            self._log.info("source_subscribed")
+        elif state == "failed" and self.tracker is not None:
+            self._failed()
+            raise SubscribeFailed(self.tracker.failure)
+
+    def _failed(self) -> None:
+        assert self.tracker is not None
+        self._log.error("source_subscribe_failed", error=self.tracker.failure)
+        self._reader._metrics.subscribe_failures.inc()
+        self._reader._health.connected = False
+
+    async def keep_time(self) -> None:
+        """Send heartbeats when due; fail the connection when the venue stops answering them or
+        leaves the subscription unacknowledged."""
+        while True:
+            now = time.monotonic()
+            tracker = self.tracker
+            if tracker is not None and tracker.state == "pending" and (
+                    tracker.check(now) == "failed"):
+                self._failed()
+                await self._ws.close(CloseCode.NORMAL_CLOSURE, "subscription failed")
+                return
+            if self.clock is not None:
+                if self.clock.dead(now):
+                    self._log.warning("source_heartbeat_timeout",
+                                      timeout_s=self.clock.timeout)
+                    fail_now(self._ws, "heartbeat timeout")
+                    return
+                if self.clock.due(now) and self._heartbeat is not None:
+                    await self._ws.send(self._heartbeat)
+                    self.clock.sent(now)
+            await asyncio.sleep(max(0.0, self._next_wake() - time.monotonic()))
+
+    def _next_wake(self) -> float:
+        wakes = []
+        if self.clock is not None:
+            wakes.append(self.clock.wake_at())
+        if self.tracker is not None and self.tracker.state == "pending":
+            wakes.append(self.tracker.deadline)
+        return min(wakes) if wakes else time.monotonic() + 3600
+

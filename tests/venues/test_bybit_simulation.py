@@ -12,7 +12,7 @@ from tests.venues._sim_a import Client, check_feed_settings, env_feed, until
 from tests.venues.bybit import BybitSimulation
 
 # Switch on once FeedSettings takes the venue keys (heartbeat, subscribe_ack, event_time).
-VENUE_KEYS_LANDED = False
+VENUE_KEYS_LANDED = True
 
 
 class QuickCut(BybitSimulation):

@@ -18,7 +18,7 @@ from tests.venues._client_b import BASE_KEYS, follow, load_feed
 from tests.venues.coinbase import SIMULATION, CoinbaseSimulation
 
 # Switch on once FeedSettings knows the venue keys (heartbeat, replies, control, ...).
-VENUE_KEYS_LANDED = False
+VENUE_KEYS_LANDED = True
 
 
 @pytest.fixture

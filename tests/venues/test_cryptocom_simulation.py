@@ -16,7 +16,7 @@ from tests.venues._sim_b import now_ms
 from tests.venues.cryptocom import SIMULATION, CryptocomSimulation
 
 # Switch on once FeedSettings knows the venue keys (heartbeat, replies, control, ...).
-VENUE_KEYS_LANDED = False
+VENUE_KEYS_LANDED = True
 
 
 @pytest.fixture

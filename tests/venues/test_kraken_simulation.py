@@ -16,7 +16,7 @@ from tests.venues._client_b import BASE_KEYS, Session, follow, load_feed
 from tests.venues.kraken import SIMULATION, KrakenSimulation
 
 # Switch on once FeedSettings knows the venue keys (heartbeat, replies, control, ...).
-VENUE_KEYS_LANDED = False
+VENUE_KEYS_LANDED = True
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from tests.venues._sim_a import Client, check_feed_settings, env_feed, until
 from tests.venues.kucoin import KucoinSimulation
 
 # Switch on once FeedSettings takes the venue keys (heartbeat, control, subscribe_ack, ...).
-VENUE_KEYS_LANDED = False
+VENUE_KEYS_LANDED = True
 
 
 @pytest.fixture

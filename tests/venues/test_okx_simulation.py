@@ -12,7 +12,7 @@ from tests.venues._sim_a import Client, check_feed_settings, env_feed, until
 from tests.venues.okx import OkxSimulation
 
 # Switch on once FeedSettings takes the venue keys (heartbeat, subscribe_ack, rotate_on, ...).
-VENUE_KEYS_LANDED = False
+VENUE_KEYS_LANDED = True
 
 
 @pytest.fixture
