@@ -72,7 +72,9 @@ def test_up_gauges_read_the_status_when_scraped():
     metrics.sink_up.set_function(lambda: float(status.sink_up()))
     value = metrics.registry.get_sample_value
     assert value("ingest_source_up", {"source": "f"}) == 0
-    status.set_source("f", True)
+    health = status.feed("f", stale_after=10)
+    health.connected = True
+    health.seen()
     status.set_sink("sink-0", True)
     assert value("ingest_source_up", {"source": "f"}) == 1
     assert value("ingest_sink_up") == 1

@@ -140,7 +140,7 @@ def test_source_up_drops_within_ping_interval_plus_timeout(sink, servers, servic
                message="ingest_source_up never dropped")
     took = time.monotonic() - went_deaf
     print(f"ingest_source_up dropped {took:.2f}s after the feed went deaf")
-    assert took <= ping_interval + ping_timeout + 0.5  # 0.5 s: polling of this test
+    assert took <= ping_interval + ping_timeout + 1.0  # 1 s: this test's polling, a busy machine
     closed = [e for e in app.logs() if e["event"] == "source_disconnected"]
     assert closed and closed[0]["code"] == 1011
     assert app.terminate() == 0
