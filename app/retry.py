@@ -15,6 +15,7 @@ import socket
 import ssl
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Literal
 
 from websockets.exceptions import InvalidStatus
@@ -76,7 +77,11 @@ def _in_tls_handshake(exc: BaseException) -> bool:
 
 def _rejected(exc: InvalidStatus) -> Failure:
     response = exc.response
-    status = f"HTTP {response.status_code} {response.reason_phrase}".rstrip()
+    try:  # the standard name: servers' own reason phrases vary, or are empty
+        phrase = HTTPStatus(response.status_code).phrase
+    except ValueError:
+        phrase = response.reason_phrase
+    status = f"HTTP {response.status_code} {phrase}".rstrip()
     advice = HTTP_ADVICE.get(response.status_code)
     if advice is None:
         advice = ("the server is failing; retrying" if response.status_code >= 500
