@@ -2,7 +2,9 @@
 
 The only module with side effects. Scaling flags and variables are Bytewax's own (`-w`, `-i`,
 `-a`; BYTEWAX_WORKERS_PER_PROCESS, BYTEWAX_PROCESS_ID, BYTEWAX_ADDRESSES, and the hostfile and
-StatefulSet variables); the dataflow runs under Bytewax's runner, `cli_main`.
+StatefulSet variables); the dataflow runs under Bytewax's runner, `cli_main`, on a thread of its
+own: the main thread only waits for it, so signals act at once, even while Bytewax blocks
+waiting for a cluster's peers (which it does without ever returning to Python).
 """
 
 from __future__ import annotations
@@ -239,16 +241,16 @@ def main(argv: list[str] | None = None) -> int:
         status.running = False
         server.shutdown()
     if errors:
-        error = errors[0]
-        problem = _cluster_port_problem(error, cluster)
-        if problem is not None:
-            print(problem, file=sys.stderr)
+        failure = errors[0]
+        port_problem = _cluster_port_problem(failure, cluster)
+        if port_problem is not None:
+            print(port_problem, file=sys.stderr)
             return 2
-        cause = _cause(error, IngestError)
+        cause = _cause(failure, IngestError)
         if cause is not None:
             log.error("failed", error=str(cause))
         else:
-            log.error("failed", error=str(error), exc_info=error)
+            log.error("failed", error=str(failure), exc_info=failure)
         return 1
     log.info("stopped")
     return 0
