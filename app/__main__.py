@@ -64,7 +64,9 @@ class Cluster:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m app", description=__doc__.splitlines()[0],
+        prog="python -m app",
+        description="ws-ingest: reads WebSocket feeds, wraps each message in a JSON envelope "
+                    "and writes them to one outbound WebSocket, in a Bytewax dataflow.",
         epilog=f"{help_text()}\n\n{CLUSTER_HELP}",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check-config", action="store_true",
