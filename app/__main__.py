@@ -65,7 +65,7 @@ class Cluster:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m app",
-        description="ws-ingest: reads WebSocket feeds, wraps each message in a JSON envelope "
+        description="ws-ingest: reads WebSocket feeds, wraps each message in a JSON envelope\n"
                     "and writes them to one outbound WebSocket, in a Bytewax dataflow.",
         epilog=f"{help_text()}\n\n{CLUSTER_HELP}",
         formatter_class=argparse.RawDescriptionHelpFormatter)
