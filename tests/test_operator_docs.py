@@ -120,7 +120,7 @@ def local_demo(tmp_path: Path) -> Iterator[LocalDemo]:
         text = text.replace(f"127.0.0.1:{old}", f"127.0.0.1:{new}").replace(
             f"PORT={old}", f"PORT={new}")
     local = tmp_path / "local.env"
-    local.write_text(text.replace("INGEST_LOG_FORMAT=console", "INGEST_LOG_FORMAT=json"))
+    local.write_text(text)
     service_cmd[service_cmd.index("--env-file") + 1] = str(local)
     python = [sys.executable]
     started = []
