@@ -94,13 +94,14 @@ def _whole_number(variable: str, value: str) -> int:
     return number
 
 
-def resolve_cluster(args: argparse.Namespace, settings: Settings,
+def resolve_cluster(args: argparse.Namespace, default_workers: int,
                     env: Mapping[str, str]) -> Cluster:
-    """Flags first, then Bytewax's variables (as `python -m bytewax.run` reads them)."""
-    workers = args.workers_per_process or settings.workers
+    """Flags first, then Bytewax's variables (as `python -m bytewax.run` reads them);
+    `default_workers` is INGEST_WORKERS."""
+    workers = args.workers_per_process or default_workers
     if not args.workers_per_process and env.get("BYTEWAX_WORKERS_PER_PROCESS"):
         workers = _whole_number("BYTEWAX_WORKERS_PER_PROCESS",
-                                env["BYTEWAX_WORKERS_PER_PROCESS"]) or settings.workers
+                                env["BYTEWAX_WORKERS_PER_PROCESS"]) or default_workers
     process_id = args.process_id
     if process_id is None and env.get("BYTEWAX_PROCESS_ID"):
         process_id = _whole_number("BYTEWAX_PROCESS_ID", env["BYTEWAX_PROCESS_ID"])
@@ -113,9 +114,13 @@ def resolve_cluster(args: argparse.Namespace, settings: Settings,
             addresses = ";".join(line.strip() for line in hostfile if line.strip())
     if process_id is not None and not addresses:
         raise ConfigError(["BYTEWAX_ADDRESSES: required when a process id is given"])
-    if process_id is None:
+    if process_id is None or addresses is None:
         return Cluster(workers)
-    return Cluster(workers, process_id, addresses.split(";"))
+    every = addresses.split(";")
+    if process_id >= len(every):
+        raise ConfigError([f"BYTEWAX_PROCESS_ID: {process_id} is past the end of "
+                           f"BYTEWAX_ADDRESSES ({len(every)} addresses; the first is 0)"])
+    return Cluster(workers, process_id, every)
 
 
 def install_signal_handlers(stopping: threading.Event, status: ConnectionStatus) -> None:
@@ -148,11 +153,22 @@ def _configure(argv: list[str] | None) -> tuple[argparse.Namespace, Settings, Tr
     env_file = args.env_file or ".env"
     if args.env_file and not Path(args.env_file).is_file():
         raise ConfigError([f"--env-file: no such file: {args.env_file}"])
-    settings = load_settings(env_file)
-    transform = load_transform(settings.transform)
     # Bytewax's variables may be in the env file too; the environment wins, as for ours.
     from_file = {k: v for k, v in dotenv_values(env_file).items() if v is not None}
-    return args, settings, transform, resolve_cluster(args, settings, {**from_file, **os.environ})
+    problems: list[str] = []
+    try:
+        settings = load_settings(env_file)
+        transform = load_transform(settings.transform)
+    except ConfigError as error:
+        problems += error.problems
+    try:  # Bytewax's variables are checked too, so every problem is told in one pass
+        cluster = resolve_cluster(args, settings.workers if not problems else 1,
+                                  {**from_file, **os.environ})
+    except ConfigError as error:
+        problems += error.problems
+    if problems:
+        raise ConfigError(problems)
+    return args, settings, transform, cluster
 
 
 def _cause(error: BaseException, kind: type[E]) -> E | None:

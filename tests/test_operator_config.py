@@ -207,3 +207,14 @@ def test_supported_python_versions_are_plain_in_the_package_metadata():
     versions = [c.rsplit(" :: ", 1)[1] for c in project["classifiers"]
                 if re.fullmatch(r"Programming Language :: Python :: 3\.\d+", c)]
     assert versions == ["3.10", "3.11", "3.12"]
+
+
+def test_bytewax_variables_are_checked_in_the_same_pass():
+    assert errors({"BYTEWAX_PROCESS_ID": "one", "BYTEWAX_ADDRESSES": "h:1;h:2"}) == [
+        "INGEST_SINK_URL: required",
+        "INGEST_SOURCES or INGEST_SOURCE_URLS: at least one feed is required",
+        "BYTEWAX_PROCESS_ID: not a whole number: 'one'"]
+    assert errors({"INGEST_SOURCE_URLS": FEED, "INGEST_SINK_URL": SINK,
+                   "BYTEWAX_PROCESS_ID": "2", "BYTEWAX_ADDRESSES": "h:1;h:2"}) == [
+        "BYTEWAX_PROCESS_ID: 2 is past the end of BYTEWAX_ADDRESSES (2 addresses; the first "
+        "is 0)"]
