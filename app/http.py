@@ -22,9 +22,9 @@ def _handler(status: ConnectionStatus, registry: CollectorRegistry) -> type[Base
             if path == "/metrics":
                 self._reply(200, CONTENT_TYPE_LATEST, generate_latest(registry))
             elif path == "/healthz":
-                code = 200 if status.running else 503
-                self._reply(code, "application/json",
-                            json.dumps({"running": status.running}).encode())
+                running = status.running
+                self._reply(200 if running else 503, "application/json",
+                            json.dumps({"running": running}).encode())
             elif path == "/readyz":
                 body = status.readiness()
                 self._reply(200 if body["ready"] else 503, "application/json",

@@ -1,13 +1,16 @@
 """structlog configuration: one pipeline for our events and the standard library's (websockets).
 
 Console rendering on a terminal, JSON lines otherwise (INGEST_LOG_FORMAT). Errors (ERROR and
-above) go to stderr, everything else to stdout.
+above) go to stderr, everything else to stdout; what native code prints on stdout (timely's
+"error connecting to worker 0 ...; retrying" while a cluster forms) joins the same pipeline.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import threading
 import time
 from collections.abc import Callable
 
@@ -75,3 +78,26 @@ class RateLimiter:
             return None
         self._last[key] = now
         return self._suppressed.pop(key, 0)
+
+
+def capture_native_stdout() -> None:
+    """Route what native code writes to file descriptor 1 into the log pipeline (logger
+    `bytewax`), so stdout carries only log lines. Call before `configure_logging()`: Python's
+    own `sys.stdout` moves to a copy of the real stdout, and fd 1 becomes a pipe read here."""
+    sys.stdout.flush()
+    sys.stdout = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 1)
+    os.close(write_end)
+
+    def relay() -> None:
+        log = logging.getLogger("bytewax")
+        with os.fdopen(read_end, encoding="utf-8", errors="replace") as lines:
+            for line in lines:
+                text = line.strip()
+                # Retried every second while a peer is missing; `waiting_for_cluster` says it.
+                level = logging.DEBUG if "error connecting to worker" in text else logging.INFO
+                if text:
+                    log.log(level, text.replace("\t", " "))
+
+    threading.Thread(target=relay, name="native-stdout", daemon=True).start()

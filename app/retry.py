@@ -15,6 +15,7 @@ import socket
 import ssl
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Literal
 
 from websockets.exceptions import InvalidStatus
@@ -22,7 +23,7 @@ from websockets.exceptions import InvalidStatus
 RESET_AFTER_S = 30.0
 
 FailureReason = Literal["dns", "refused", "timeout", "tls", "rejected", "other"]
-ACTION_STATUSES = frozenset({401, 403, 404})
+ACTION_STATUSES = frozenset({400, 401, 403, 404})
 """HTTP answers to a handshake that no retry will mend: credentials or the URL are wrong."""
 
 
@@ -50,24 +51,73 @@ class Failure:
     needs_action: bool = False  # log at error level: retrying alone will not fix it
 
 
+HTTP_ADVICE = {
+    400: "the server refused the handshake as malformed: check the URL, subprotocols and headers",
+    401: "the server wants credentials: check the headers (e.g. Authorization) of this feed",
+    403: "the server refused these credentials or this client: check the headers, the key's "
+         "permissions and any IP allow-list",
+    404: "nothing serves WebSockets at that path: check the URL's path",
+    429: "the server limits how often clients connect: retrying with backoff; if it persists, "
+         "raise INGEST_RECONNECT_MIN_MS or run fewer connections",
+}
+
+
+def _in_tls_handshake(exc: BaseException) -> bool:
+    """Whether `exc` was raised while asyncio set up a TLS transport (the only step of
+    opening a connection that runs `_create_connection_transport` or asyncio's sslproto)."""
+    tb = exc.__traceback__
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if code.co_filename.endswith("sslproto.py") or \
+                code.co_name == "_create_connection_transport":
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _rejected(exc: InvalidStatus) -> Failure:
+    response = exc.response
+    try:  # the standard name: servers' own reason phrases vary, or are empty
+        phrase = HTTPStatus(response.status_code).phrase
+    except ValueError:
+        phrase = response.reason_phrase
+    status = f"HTTP {response.status_code} {phrase}".rstrip()
+    advice = HTTP_ADVICE.get(response.status_code)
+    if advice is None:
+        advice = ("the server is failing; retrying" if response.status_code >= 500
+                  else "the URL answers HTTP but does not accept a WebSocket there")
+    retry_after = response.headers.get("Retry-After")
+    if retry_after:
+        advice += f" (the server asks to wait {retry_after} s)"
+    return Failure("rejected", f"the server answered the handshake with {status}: {advice}",
+                   needs_action=response.status_code in ACTION_STATUSES)
+
+
 def classify_failure(exc: BaseException) -> Failure:
-    """The reason label and a short operator-facing description of a failed attempt."""
+    """The reason label and a short operator-facing description of a failed attempt: what
+    happened, then what to check."""
     if isinstance(exc, InvalidStatus):
-        status = exc.response.status_code
-        return Failure("rejected", f"the server answered the handshake with HTTP {status}",
-                       needs_action=status in ACTION_STATUSES)
+        return _rejected(exc)
     if isinstance(exc, socket.gaierror):
-        return Failure("dns", f"the host name does not resolve ({exc.strerror})",
+        return Failure("dns", f"the host name in the URL does not resolve ({exc.strerror}): "
+                              "check its spelling, and that this machine's DNS knows it",
                        needs_action=True)
     if isinstance(exc, ConnectionRefusedError):
-        return Failure("refused", "connection refused: nothing listens on that port")
+        return Failure("refused", "connection refused: nothing listens on that host and port: "
+                                  "is the server running, is the port right?")
     if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
-        return Failure("timeout", "no answer within the open timeout")
+        return Failure("timeout", "no answer within the open timeout: is the host reachable "
+                                  "(firewall, proxy)?")
     if isinstance(exc, ssl.SSLCertVerificationError):
         return Failure("tls", "the server's certificate does not verify "
-                              f"({getattr(exc, 'verify_message', None) or exc})",
-                       needs_action=True)
+                              f"({getattr(exc, 'verify_message', None) or exc}): check the "
+                              "host name, or trust its CA", needs_action=True)
     if isinstance(exc, ssl.SSLError):
-        return Failure("tls", f"the TLS handshake failed ({getattr(exc, 'reason', None) or exc}): "
-                              "is this a plain ws:// server?", needs_action=True)
+        why = getattr(exc, "reason", None) or exc
+        return Failure("tls", f"the TLS handshake failed ({why}): if the server is a plain "
+                              "ws:// server, use ws:// in the URL", needs_action=True)
+    if isinstance(exc, (ConnectionError, EOFError)) and _in_tls_handshake(exc):
+        return Failure("tls", "the TLS handshake failed: the server closed the connection; if "
+                              "it is a plain ws:// server, use ws:// in the URL",
+                       needs_action=True)
     return Failure("other", repr(exc))

@@ -9,11 +9,14 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
+from dotenv import dotenv_values
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -39,6 +42,7 @@ from app.feed.control import (
 )
 from app.feed.pointer import Pointer
 from app.feed.sequence import EventTime, SequenceTracker
+from app.problems import names_variable, problems, unknown_variables
 from app.retry import Backoff
 
 ENV_PREFIX = "INGEST_"
@@ -312,31 +316,55 @@ class Settings(BaseSettings):
     """Every INGEST_* environment variable (also read from a `.env` file)."""
 
     model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, env_file=".env", extra="ignore", validate_default=True
+        env_prefix=ENV_PREFIX, env_file=".env", extra="ignore", validate_default=True,
+        use_attribute_docstrings=True,  # each docstring is the variable's line in --help
     )
 
     sources: Annotated[list[FeedSettings], NoDecode] = Field(default_factory=list)
+    """JSON list of feeds, [{"url": "wss://...", ...}]; this or INGEST_SOURCE_URLS is required"""
     source_urls: Annotated[list[FeedSettings], NoDecode] = Field(default_factory=list)
+    """shorthand: comma-separated feed URLs, each with default settings"""
     sink_url: str
+    """the outbound ws:// or wss:// URL the envelopes are written to"""
     sink_headers: Annotated[dict[str, SecretStr], NoDecode] = Field(default_factory=dict)
+    """JSON object of handshake headers for the sink (values never logged)"""
     sink_framing: Framing = "message"
+    """message: one text frame per envelope; batch: one frame per batch (a JSON array)"""
     sink_confirm: Confirm = "ping"
+    """ping: a batch is written once a ping sent after it is answered; ack: once the sink
+    acknowledged it ({"ack": n}, see README); none: once sent"""
     sink_max_message_bytes: int = Field(1_048_576, ge=4096)
+    """largest frame the sink takes: a bigger envelope is invalid (too_large)"""
     batch_size: int = Field(1000, ge=1)
+    """most messages a feed hands over per poll"""
     batch_timeout_ms: int = Field(10, ge=1)
+    """longest a poll waits for messages"""
     batch_linger_ms: int = Field(0, ge=0)
+    """after a short batch, wait this long before polling that feed again (0: lowest latency)"""
     payload: PayloadMode = "json"
+    """json: payloads must be JSON, else invalid; text: forwarded as a string (binary as base64)"""
     transform: str | None = None
+    """optional package.module:function called with each envelope"""
     on_invalid: InvalidPolicy = "drop"
+    """invalid messages: drop, dead-letter (also send to INGEST_DEAD_LETTER_URL) or fail (stop)"""
     dead_letter_url: str | None = None
+    """outbound ws:// or wss:// URL for invalid messages (required with dead-letter)"""
     reconnect_min_ms: int = Field(100, ge=1)
+    """first reconnect delay cap (exponential backoff, full jitter)"""
     reconnect_max_ms: int = Field(30_000, ge=1)
+    """largest reconnect delay cap"""
     shutdown_timeout_ms: int = Field(5_000, ge=0)
+    """on SIGTERM, how long writes may wait for an unreachable sink"""
     metrics_host: str = "0.0.0.0"
+    """address the /metrics, /healthz and /readyz server listens on"""
     metrics_port: int = Field(9108, ge=0, le=65535)
+    """its port (process i of a cluster uses this + i)"""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    """debug, info, warning or error"""
     log_format: Literal["json", "console", "auto"] = "auto"
+    """json, console, or auto (console on a terminal, else json)"""
     workers: int = Field(1, ge=1)
+    """Bytewax workers in this process (-w or BYTEWAX_WORKERS_PER_PROCESS win)"""
 
     @field_validator("sources", mode="before")
     @classmethod
@@ -493,32 +521,60 @@ class Options:
     dead_letter: SinkOptions | None
 
 
-def _variable(loc: tuple[int | str, ...]) -> str:
-    """INGEST_SOURCES[0].url for ('sources', 0, 'url')."""
-    if not loc:
-        return ""
-    head, *rest = loc
-    name = ENV_PREFIX + str(head).upper()
-    for part in rest:
-        name += f"[{part}]" if isinstance(part, int) else f".{part}"
-    return name
+# A valid value for each required variable, so a second pass can run the consistency checks
+# while that variable has a problem of its own.
+STAND_INS: dict[str, Any] = {"sink_url": "ws://stand-in.invalid/"}
 
 
-def _problems(error: ValidationError) -> list[str]:
-    lines = []
-    for item in error.errors():
-        message = item["msg"].removeprefix("Value error, ")
-        if item["type"] == "missing":
-            message = "required"
-        where = _variable(item["loc"])
-        # Consistency checks already name their variables, one per line.
-        lines.extend(message.splitlines() if not where else [f"{where}: {message}"])
+def variables() -> list[str]:
+    """Every INGEST_* variable, from the Settings model."""
+    return [ENV_PREFIX + name.upper() for name in Settings.model_fields]
+
+
+def _unknown(environ: Mapping[str, str], env_file: str | Path | None) -> list[str]:
+    lines = unknown_variables(environ, ENV_PREFIX, variables())
+    if env_file is not None and Path(env_file).is_file():
+        found = dotenv_values(env_file)
+        lines += unknown_variables(found, ENV_PREFIX, variables(), where=f" (in {env_file})")
     return lines
 
 
-def load_settings(**overrides: Any) -> Settings:
-    """Settings from the environment (and .env), or ConfigError listing every problem."""
+def _despite(error: ValidationError, build: Callable[..., Settings]) -> list[str]:
+    """The consistency checks' problems, which pydantic skips while any field has one: run
+    again with a stand-in for each field in error, keeping what does not name those fields."""
+    failed = {str(item["loc"][0]) for item in error.errors() if item["loc"]}
+    if not failed:  # the consistency checks ran: their problems are in `error`
+        return []
+    stand_ins = {}
+    for name in failed:
+        field = Settings.model_fields[name]
+        if field.is_required() and name not in STAND_INS:
+            return []
+        stand_ins[name] = (STAND_INS[name] if field.is_required()
+                           else field.get_default(call_default_factory=True))
     try:
-        return Settings(**overrides)
+        build(**stand_ins)
+    except ValidationError as again:
+        named = [ENV_PREFIX + name.upper() for name in failed]
+        return [line for line in problems(again, Settings, ENV_PREFIX)
+                if not any(names_variable(line, variable) for variable in named)]
+    return []
+
+
+def load_settings(_env_file: str | Path | None = ".env", environ: Mapping[str, str] | None = None,
+                  **overrides: Any) -> Settings:
+    """Settings from the environment and the env file, or ConfigError listing every problem:
+    unknown INGEST_* variables, bad values, and the consistency checks, in one pass."""
+    lines = _unknown(os.environ if environ is None else environ, _env_file)
+
+    def build(**stand_ins: Any) -> Settings:
+        return Settings(_env_file=_env_file, **{**overrides, **stand_ins})  # type: ignore[call-arg]
+
+    try:
+        settings = build()
     except ValidationError as error:
-        raise ConfigError(_problems(error)) from None
+        raise ConfigError(lines + problems(error, Settings, ENV_PREFIX)
+                          + _despite(error, build)) from None
+    if lines:
+        raise ConfigError(lines)
+    return settings

@@ -1,4 +1,4 @@
-"""Which connections are up, in one place: `/readyz` and the `up` gauges both read it.
+"""Which connections are up, in one place: `/readyz`, `/healthz` and the `up` gauges read it.
 
 Partitions report here from their own threads; the HTTP thread reads. Nothing here writes a
 metric: the `up` gauges are computed from this record when they are scraped.
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 
@@ -35,14 +36,30 @@ class ConnectionStatus:
     """Thread-safe record of the feeds and sink connections served by this process.
 
     A feed or sink connection is registered (down) when its partition is built, so a process
-    is not ready before its dataflow has started, nor while anything registered is down.
+    is not ready before its dataflow has started, nor while anything registered is down. Until
+    then (a cluster process waiting for its peers) every configured feed counts as down: none
+    has been tried, and which of them this process will read is not known yet.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, feeds: Iterable[str] = ()) -> None:
         self._lock = threading.Lock()
+        self._configured = sorted(feeds)
         self._feeds: dict[str, FeedHealth] = {}
         self._sinks: dict[str, bool] = {}
-        self.running = False
+        self._handed_over = False
+
+    @property
+    def running(self) -> bool:
+        """True while the dataflow runs: handed to Bytewax, and a partition of it built (a
+        cluster process builds none before every peer has joined)."""
+        with self._lock:
+            return self._handed_over and (bool(self._feeds) or bool(self._sinks))
+
+    @running.setter
+    def running(self, value: bool) -> None:
+        """Set when the flow is handed to Bytewax, cleared when it has ended."""
+        with self._lock:
+            self._handed_over = value
 
     def feed(self, name: str, stale_after: float) -> FeedHealth:
         """Register a feed (down) and return the record its reader keeps up to date."""
@@ -69,8 +86,11 @@ class ConnectionStatus:
         """{"ready": bool, "sources_down": [...], "sink_up": bool}."""
         now = time.monotonic()
         with self._lock:
-            down = sorted(name for name, health in self._feeds.items() if not health.up(now))
             started = bool(self._feeds) or bool(self._sinks)
+            if started:
+                down = sorted(name for name, health in self._feeds.items() if not health.up(now))
+            else:
+                down = list(self._configured)
         sink_up = self.sink_up()
         return {"ready": started and not down and sink_up, "sources_down": down,
                 "sink_up": sink_up}

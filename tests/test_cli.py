@@ -35,7 +35,7 @@ def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
       "(ModuleNotFoundError(\"No module named 'no_such_module_zz'\"))"]),
     ({"INGEST_SOURCE_URLS": "wss://a", "INGEST_SINK_URL": "ftp://b", "INGEST_WORKERS": "0"},
      ["INGEST_SINK_URL: must start with ws:// or wss://",
-      "INGEST_WORKERS: Input should be greater than or equal to 1"]),
+      "INGEST_WORKERS: must be at least 1, got 0"]),
 ])
 def test_bad_configuration_exits_2_with_one_line_per_problem(env, expected):
     result = run(env)

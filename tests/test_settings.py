@@ -67,7 +67,7 @@ def test_every_field_problem_is_reported_at_once():
     assert lines == [
         "INGEST_SOURCE_URLS[0].url: must start with ws:// or wss://",
         "INGEST_SINK_URL: must start with ws:// or wss://",
-        "INGEST_BATCH_SIZE: Input should be greater than or equal to 1",
+        "INGEST_BATCH_SIZE: must be at least 1, got 0",
     ]
 
 
@@ -84,7 +84,7 @@ def test_malformed_sources_json_names_the_variable():
 def test_bad_feed_fields_are_located():
     lines = problems(sink_url=SINK, sources='[{"url": "http://x"}, {"url": "ws://y", "bogus": 1}]')
     assert "INGEST_SOURCES[0].url: must start with ws:// or wss://" in lines
-    assert any(line.startswith("INGEST_SOURCES[1].bogus:") for line in lines)
+    assert "INGEST_SOURCES[1]: unknown key 'bogus'" in lines
 
 
 def test_duplicate_names_are_refused():

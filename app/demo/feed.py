@@ -56,6 +56,8 @@ class Ticker:
 async def serve_client(ws: ServerConnection, rate: float) -> None:
     try:
         request = json.loads(await asyncio.wait_for(ws.recv(), timeout=30))
+    except ConnectionClosed:  # the client left before subscribing: nothing to say about it
+        return
     except (asyncio.TimeoutError, ValueError):
         await ws.close(4000, "send {\"type\": \"subscribe\", \"channels\": [...]} first")
         return
