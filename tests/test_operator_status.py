@@ -11,7 +11,9 @@ def test_before_the_dataflow_runs_every_configured_feed_is_down():
     status.set_sink("sink-0", True)  # a partition is built: the dataflow runs
     assert status.running
     # Now only the feeds this process reads count (the others are another process's).
-    status.set_source("a", True)
+    feed = status.feed("a", stale_after=10)
+    feed.connected = True
+    feed.seen()
     assert status.readiness() == {"ready": True, "sources_down": [], "sink_up": True}
     status.running = False  # the flow has ended
     assert not status.running
