@@ -9,7 +9,6 @@ dropped, in the order the frames arrived.
 from __future__ import annotations
 
 import base64
-from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -38,10 +37,16 @@ class Frame(NamedTuple):
 
 
 class Chunk(NamedTuple):
-    """What one source partition hands over in one poll."""
+    """One feed's frames of a poll, in the order received."""
 
     source: str
     frames: list[Frame]
+
+
+Poll = list[Chunk]
+"""What a source partition hands over in one poll: a chunk per feed that had frames. One
+dataflow item per poll, not per feed, so a partition of a thousand quiet feeds pays the
+dataflow's per-item cost once per poll."""
 
 
 @dataclass(slots=True)
@@ -59,7 +64,7 @@ class Outcome:
 
     encoded: Encoded
     dead_letters: list[bytes] = field(default_factory=list)
-    invalid: Counter[str] = field(default_factory=Counter)
+    invalid: dict[str, int] = field(default_factory=dict)  # by reason
     dropped: int = 0
     first_problem: str | None = None  # one example for the (rate-limited) log line
 
@@ -174,7 +179,7 @@ class EnvelopeBuilder:
         problem = f"seq {frame.seq}: {invalid.reason}: {invalid}"
         if self._on_invalid == "fail":
             raise InvalidMessageError(f"feed {source!r}, {problem}")
-        outcome.invalid[invalid.reason] += 1
+        outcome.invalid[invalid.reason] = outcome.invalid.get(invalid.reason, 0) + 1
         outcome.first_problem = outcome.first_problem or problem
         if self._on_invalid == "dead-letter":
             limit = DEAD_LETTER_RAW_LIMIT if invalid.reason == "too_large" else None

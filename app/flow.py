@@ -12,7 +12,7 @@ import bytewax.operators as op
 import structlog
 from bytewax.dataflow import Dataflow
 
-from app.envelope import Chunk, Encoded, EnvelopeBuilder, Outcome
+from app.envelope import Encoded, EnvelopeBuilder, Outcome, Poll
 from app.feed.source import WebSocketSource
 from app.logs import RateLimiter
 from app.metrics import Metrics
@@ -62,27 +62,35 @@ class _Envelopes:
         self._metrics = metrics
         self._quiet = RateLimiter()
 
-    def __call__(self, chunk: Chunk) -> Outcome:
-        outcome = self._builder(chunk)
+    def __call__(self, poll: Poll) -> list[Outcome]:
+        outcomes = [self._builder(chunk) for chunk in poll]
+        for outcome in outcomes:
+            if outcome.dropped or outcome.invalid:
+                self._count(outcome)
+        return outcomes
+
+    def _count(self, outcome: Outcome) -> None:
+        source = outcome.encoded.source
         if outcome.dropped:
-            self._metrics.messages_dropped.labels(chunk.source).inc(outcome.dropped)
+            self._metrics.messages_dropped.labels(source).inc(outcome.dropped)
         for reason, count in outcome.invalid.items():
-            self._metrics.messages_invalid.labels(chunk.source, reason).inc(count)
+            self._metrics.messages_invalid.labels(source, reason).inc(count)
         if outcome.invalid:
-            suppressed = self._quiet.allow(chunk.source)
+            suppressed = self._quiet.allow(source)
             if suppressed is not None:  # counts of this chunk; the counters have every one
-                log.warning("invalid_messages", source=chunk.source,
-                            counts=dict(outcome.invalid), example=outcome.first_problem,
-                            suppressed_lines=suppressed)
-        return outcome
+                log.warning("invalid_messages", source=source, counts=outcome.invalid,
+                            example=outcome.first_problem, suppressed_lines=suppressed)
 
 
-def _valid(outcome: Outcome) -> Encoded | None:
-    return outcome.encoded if outcome.encoded.messages else None
+def _valid(outcomes: list[Outcome]) -> list[Encoded] | None:
+    valid = [outcome.encoded for outcome in outcomes if outcome.encoded.messages]
+    return valid or None
 
 
-def _rejected(outcome: Outcome) -> Encoded | None:
-    return Encoded(outcome.encoded.source, outcome.dead_letters) if outcome.dead_letters else None
+def _rejected(outcomes: list[Outcome]) -> list[Encoded] | None:
+    rejected = [Encoded(outcome.encoded.source, outcome.dead_letters)
+                for outcome in outcomes if outcome.dead_letters]
+    return rejected or None
 
 
 def build_flow(options: Options, *, workers: int, transform: Transform | None,

@@ -5,8 +5,9 @@ code from `websockets.frames.CloseCode`. The loop asks the pure `retry` module h
 and what a failed attempt was. Everything here runs inside the event loop that owns the
 connection: a feed partition's loop (source) or a sink partition's thread (sink).
 
-`BatchingConnection` relies on three websockets internals (`send_context`, `protocol.send_text`,
-`protocol.data_to_send`); the versions allowed in pyproject.toml are the ones tested, and
+`BatchingConnection` relies on websockets internals (`send_context`, `protocol.send_text`,
+`protocol.data_to_send`, and `websockets.frames` drawing each client frame's mask key with
+`secrets.token_bytes(4)`); the versions allowed in pyproject.toml are the ones tested, and
 tests/test_net.py fails loudly if those internals change.
 """
 
@@ -14,13 +15,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import secrets
+import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
 import structlog
+import websockets.frames
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.frames import CloseCode
@@ -72,19 +77,50 @@ async def open_connection(
             raise
 
 
+class _MaskKeys:
+    """Stands in for the `secrets` module in `websockets.frames`, which draws a 4-byte mask key
+    from the OS for every frame a client sends (RFC 6455: unpredictable keys). A batch draws
+    all of its keys with one `os.urandom` call instead: the same source, each key used once.
+    Outside a batch (or on another thread, or past the batch's keys) it is `secrets` itself."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def token_bytes(self, n: int) -> bytes:
+        pool: bytes = getattr(self._local, "pool", b"")
+        if n != 4 or len(pool) < 4:
+            return secrets.token_bytes(n)
+        self._local.pool = pool[4:]
+        return pool[:4]
+
+    @contextlib.contextmanager
+    def drawn_for(self, frames: int) -> Iterator[None]:
+        self._local.pool = os.urandom(4 * frames)
+        try:
+            yield
+        finally:
+            self._local.pool = b""
+
+
+_MASK_KEYS = _MaskKeys()
+setattr(websockets.frames, "secrets", _MASK_KEYS)  # noqa: B010 (a module global, on purpose)
+
+
 class BatchingConnection(ClientConnection):
     """A client connection that can write a whole batch of messages with one system call.
 
     `send()` hands each frame to the socket on its own (one write per message: a fifth of the
     service's CPU at saturation, by profile). `send_texts()` queues the batch in the Sans-I/O
-    protocol, then `send_data()` passes everything queued to the transport at once.
+    protocol, then `send_data()` passes everything queued to the transport at once; the batch's
+    mask keys come from one draw of random bytes (see `_MaskKeys`).
     """
 
     async def send_texts(self, messages: list[bytes]) -> None:
         """Send each item (UTF-8 bytes) as a text message, in order."""
         async with self.send_context():
-            for message in messages:
-                self.protocol.send_text(message)
+            with _MASK_KEYS.drawn_for(len(messages)):
+                for message in messages:
+                    self.protocol.send_text(message)
 
     def send_data(self) -> None:
         # As websockets' own send_data, but with one writelines() for all queued data.

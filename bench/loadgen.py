@@ -6,6 +6,8 @@ Each connection gets `count` messages of ~200 bytes of ticker JSON carrying thei
 (`ts`, Unix seconds). `--rate 0` sends as fast as the reader takes them: frames are built up
 front and written straight to the transport in large chunks, so the generator itself is not
 what limits the measured throughput. With a rate, each message is stamped when it is sent.
+A connection's path may override both: `/idle7?count=0` stays silent, `/f3?rate=10&count=200`
+sends 200 messages at 10 per second.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import struct
 import time
+from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import ServerConnection, serve
 
@@ -50,6 +54,8 @@ async def flood(ws: ServerConnection, count: int) -> None:
 
 
 async def paced(ws: ServerConnection, count: int, rate: float) -> None:
+    # Many paced connections start at once: spread their phases over one interval.
+    await asyncio.sleep(random.random() / rate)
     started = time.monotonic()
     for seq in range(1, count + 1):
         ahead = started + seq / rate - time.monotonic()
@@ -60,10 +66,14 @@ async def paced(ws: ServerConnection, count: int, rate: float) -> None:
 
 async def main(port: int, count: int, rate: float, start_file: str | None) -> None:
     async def handle(ws: ServerConnection) -> None:
+        query = parse_qs(urlsplit(ws.request.path if ws.request else "").query)
+        n = int(query.get("count", [count])[0])
+        per_s = float(query.get("rate", [rate])[0])
         # The benchmark starts the clock (and the relay's CPU count) before it creates this.
-        while start_file and not os.path.exists(start_file):
+        while n and start_file and not os.path.exists(start_file):
             await asyncio.sleep(0.01)
-        await (paced(ws, count, rate) if rate else flood(ws, count))
+        if n:
+            await (paced(ws, n, per_s) if per_s else flood(ws, n))
         await ws.wait_closed()
 
     async with serve(handle, "127.0.0.1", port, max_queue=None) as server:

@@ -52,12 +52,17 @@ def percentile(sorted_values: list[float], q: float) -> float:
 class Case:
     name: str
     relay: str  # "service" | "baseline"
-    count: int  # messages per feed
-    rate: float = 0.0  # per feed; 0 = saturation
-    feeds: int = 1
+    count: int  # messages per busy feed
+    rate: float = 0.0  # per busy feed; 0 = saturation
+    feeds: int = 1  # busy feeds
+    idle: int = 0  # feeds that send nothing
     workers: int = 1
-    processes: int = 1
+    processes: int = 1  # of the service; for the baseline, relays the feeds are split over
     extra_env: dict[str, str] = field(default_factory=dict)
+
+    def urls(self, port: int) -> list[str]:
+        return ([f"ws://127.0.0.1:{port}/feed{i}" for i in range(self.feeds)]
+                + [f"ws://127.0.0.1:{port}/idle{i}?count=0" for i in range(self.idle)])
 
 
 def start(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
@@ -78,11 +83,17 @@ def wait_listening(port: int, timeout: float = 20) -> None:
     raise RuntimeError(f"nothing listens on {port}")
 
 
-def relays(case: Case, source_port: int, sink_port: int) -> list[subprocess.Popen[bytes]]:
-    urls = [f"ws://127.0.0.1:{source_port}/feed{i}" for i in range(case.feeds)]
+def relays(case: Case, source_port: int,
+           sink_port: int) -> tuple[list[subprocess.Popen[bytes]], float]:
+    """The relay processes, once ready, and the seconds they took to get there."""
+    urls = case.urls(source_port)
     sink = f"ws://127.0.0.1:{sink_port}/bench"
+    started = time.monotonic()
     if case.relay == "baseline":
-        return [start(["-m", "bench.baseline", "--source", url, "--sink", sink]) for url in urls]
+        groups = [urls[i::case.processes] for i in range(case.processes)]
+        return [start(["-m", "bench.baseline", "--sink", sink,
+                       *(arg for url in group for arg in ("--source", url))])
+                for group in groups], 0.0
     metrics_port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("INGEST_", "BYTEWAX_"))}
     env.update({"INGEST_SOURCE_URLS": ",".join(urls), "INGEST_SINK_URL": sink,
@@ -97,7 +108,7 @@ def relays(case: Case, source_port: int, sink_port: int) -> list[subprocess.Pope
                                            "BYTEWAX_PROCESS_ID": str(i)})
                      for i in range(case.processes)]
     for i in range(case.processes):
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
                 if http_get(f"http://127.0.0.1:{metrics_port + i}/readyz")[0] == 200:
@@ -107,13 +118,51 @@ def relays(case: Case, source_port: int, sink_port: int) -> list[subprocess.Pope
             time.sleep(0.05)
         else:
             raise RuntimeError("the service did not become ready")
-    return processes
+    return processes, time.monotonic() - started
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def run_idle_case(case: Case, seconds: float) -> dict[str, Any]:
+    """Feeds that send nothing: start-up to all connected, then cores, RSS and descriptors."""
+    source_port, sink_port = free_port(), free_port()
+    workdir = Path(tempfile.mkdtemp(prefix="bench-"))
+    receiver = start(["-m", "bench.receiver", "--port", str(sink_port), "--expect", "1",
+                      "--out", str(workdir / "receiver.json")])
+    loadgen = start(["-m", "bench.loadgen", "--port", str(source_port), "--count", "0"])
+    wait_listening(sink_port)
+    wait_listening(source_port)
+    relay, startup = relays(case, source_port, sink_port)
+    try:
+        time.sleep(1.0)  # settle after start-up
+        cpu_before, started = sum(cpu_seconds(p.pid) for p in relay), time.monotonic()
+        time.sleep(seconds)
+        cores = (sum(cpu_seconds(p.pid) for p in relay) - cpu_before) / (
+            time.monotonic() - started)
+        fds = sum(open_fds(p.pid) for p in relay)
+        rss = sum(memory_kib(p.pid, "VmRSS") for p in relay) / 1024
+    finally:
+        for process in (*relay, loadgen, receiver):
+            process.terminate()
+        for process in (*relay, loadgen, receiver):
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+    feeds = case.feeds + case.idle
+    return {"case": case.name, "relay": case.relay, "feeds": feeds, "startup_s": round(startup, 2),
+            "idle_cores": round(cores, 3), "rss_mib": round(rss, 1), "open_fds": fds,
+            "fds_per_feed": round(fds / feeds, 2)}
 
 
 def run_case(case: Case) -> dict[str, Any]:
     source_port, sink_port = free_port(), free_port()
     workdir = Path(tempfile.mkdtemp(prefix="bench-"))
     start_file, out = workdir / "go", workdir / "receiver.json"
+    if case.count == 0:
+        return run_idle_case(case, 5.0)
     total = case.count * case.feeds
     receiver = start(["-m", "bench.receiver", "--port", str(sink_port), "--expect", str(total),
                       "--out", str(out), *(["--latency"] if case.rate else [])])
@@ -121,7 +170,7 @@ def run_case(case: Case) -> dict[str, Any]:
                      str(case.count), "--rate", str(case.rate), "--start-file", str(start_file)])
     wait_listening(sink_port)
     wait_listening(source_port)
-    relay = relays(case, source_port, sink_port)
+    relay, startup = relays(case, source_port, sink_port)
     try:
         time.sleep(0.5)  # connected, subscribed, idle
         cpu_before = sum(cpu_seconds(p.pid) for p in relay)
@@ -149,7 +198,8 @@ def run_case(case: Case) -> dict[str, Any]:
     received = result["count"]
     seconds = max(1e-9, result["last"] - result["first"]) if received else float("nan")
     figures: dict[str, Any] = {
-        "case": case.name, "relay": case.relay, "feeds": case.feeds, "workers": case.workers,
+        "case": case.name, "relay": case.relay, "feeds": case.feeds + case.idle,
+        "workers": case.workers, "startup_s": round(startup, 2),
         "processes": case.processes, "offered_rate": case.rate * case.feeds or "saturation",
         "messages": received, "complete": received == total,
         "messages_per_s": round(received / seconds),
@@ -172,22 +222,31 @@ def cases(quick: bool) -> list[Case]:
     n = 50_000 if quick else 200_000
     fixed = 5_000
     seconds = 10 if quick else 60
+    many = 10 if quick else 20  # seconds of the many-feeds cases
     return [
         Case("saturation", "baseline", n),
         Case("saturation", "service", n),
-        Case("saturation, 2 feeds", "baseline", n, feeds=2),
+        Case("saturation, 2 feeds", "baseline", n, feeds=2, processes=2),
         Case("saturation, 2 feeds, 2 workers", "service", n, feeds=2, workers=2),
         Case("saturation, 2 feeds, 2 processes", "service", n, feeds=2, processes=2),
         Case("5000 msg/s", "baseline", fixed * min(seconds, 20), rate=fixed),
         Case("5000 msg/s", "service", fixed * seconds, rate=fixed),
+        # Many feeds (issue 10): one process, one worker.
+        Case("1000 feeds: 999 idle + 1 at 5000 msg/s", "baseline", fixed * many, rate=fixed,
+             idle=999),
+        Case("1000 feeds: 999 idle + 1 at 5000 msg/s", "service", fixed * many, rate=fixed,
+             idle=999),
+        Case("1000 feeds x 10 msg/s", "baseline", 10 * many, rate=10, feeds=1000),
+        Case("1000 feeds x 10 msg/s", "service", 10 * many, rate=10, feeds=1000),
+        Case("1000 idle feeds", "service", 0, feeds=0, idle=1000),
     ]
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
     columns = ["case", "relay", "messages_per_s", "latency_p50_ms", "latency_p99_ms",
                "latency_max_ms", "peak_rss_mib", "cpu_s_per_million", "cores_used",
-               "rss_mib_at_10s",
-               "rss_mib_at_end", "complete"]
+               "rss_mib_at_10s", "rss_mib_at_end", "startup_s", "idle_cores", "rss_mib",
+               "fds_per_feed", "complete"]
     print(" | ".join(columns))
     for row in rows:
         print(" | ".join(str(row.get(c, "")) for c in columns))
@@ -197,9 +256,18 @@ def ratios(rows: list[dict[str, Any]]) -> dict[str, float]:
     def find(case: str, relay: str) -> dict[str, Any]:
         return next(r for r in rows if r["case"] == case and r["relay"] == relay)
 
+    def cpu_ratio(case: str) -> float:
+        return round(find(case, "service")["cpu_s_per_million"]
+                     / find(case, "baseline")["cpu_s_per_million"], 2)
+
     service, baseline = find("saturation", "service"), find("saturation", "baseline")
     fixed_s, fixed_b = find("5000 msg/s", "service"), find("5000 msg/s", "baseline")
     return {
+        "cpu per message service/baseline, 5000 msg/s": cpu_ratio("5000 msg/s"),
+        "cpu per message service/baseline, 1000 feeds x 10 msg/s": cpu_ratio(
+            "1000 feeds x 10 msg/s"),
+        "cpu per message service/baseline, 999 idle + 1 busy": cpu_ratio(
+            "1000 feeds: 999 idle + 1 at 5000 msg/s"),
         "throughput service/baseline": round(service["messages_per_s"]
                                              / baseline["messages_per_s"], 2),
         "cpu per message service/baseline": round(service["cpu_s_per_million"]

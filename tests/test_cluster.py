@@ -68,3 +68,30 @@ def test_when_one_process_dies_the_cluster_stops(sink, servers, service):
     assert failed and "panic" in failed[0]["error"]
     # On stderr: the error as a JSON log line (its traceback inside), nothing raw.
     assert all(line.startswith("{") for line in processes[0].stderr().splitlines())
+
+
+def test_forty_feeds_spread_evenly_over_two_processes_of_two_workers(sink, servers, service):
+    n = 50
+    feeds = [servers(feed_handler(n, name=f"e{i}", interval=0.002)) for i in range(40)]
+    sources = [{"name": f"e{i}", "url": feed.url} for i, feed in enumerate(feeds)]
+    env = {"INGEST_SOURCES": json.dumps(sources), "INGEST_SINK_URL": sink.url,
+           "INGEST_METRICS_PORT": str(free_ports(2)), "INGEST_WORKERS": "2",
+           "BYTEWAX_ADDRESSES": f"127.0.0.1:{free_port()};127.0.0.1:{free_port()}"}
+    processes = [service({**env, "BYTEWAX_PROCESS_ID": str(i)}) for i in range(2)]
+    assert sink.wait_for(lambda s: len(s.messages) >= 40 * n, 60), len(sink.messages)
+    by_source = sink.by_source()
+    assert all(by_source[f"e{i}"] == list(range(1, n + 1)) for i in range(40))  # order kept
+    read_by: dict[str, set[str]] = {}  # partition (one per worker) -> feeds
+    for process in processes:
+        partitions = set()
+        for event in process.logs():
+            if event["event"] == "source_connected":
+                read_by.setdefault(event["partition"], set()).add(event["source"])
+                partitions.add(event["partition"])
+        assert len(partitions) == 2  # each of its two workers reads one partition
+    assert sorted(read_by) == ["feeds-0", "feeds-1", "feeds-2", "feeds-3"]
+    assert [len(feeds) for feeds in read_by.values()] == [10] * 4
+    assert set().union(*read_by.values()) == {f"e{i}" for i in range(40)}
+    for process in processes:
+        process.stop()
+    assert [p.terminate() for p in processes] == [0, 0]

@@ -8,18 +8,27 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
 from typing import Any
 
 import pytest
 import structlog
 import websockets
+import websockets.frames
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 from websockets.protocol import Protocol
 
-from app.net import BatchingConnection, Endpoint, keepalive, open_connection, reconnect_forever
+from app.net import (
+    BatchingConnection,
+    Endpoint,
+    _MaskKeys,
+    keepalive,
+    open_connection,
+    reconnect_forever,
+)
 from app.retry import Backoff, Failure
 
 LOG = structlog.get_logger("test")
@@ -33,6 +42,21 @@ def test_the_websockets_internals_we_rely_on_are_still_there():
     assert inspect.isfunction(ClientConnection.send_data)
     for name in ("send_text", "data_to_send", "fail"):
         assert inspect.isfunction(getattr(Protocol, name)), name
+    # A client frame's mask key: drawn through the module's `secrets`, which app.net replaces.
+    assert "secrets.token_bytes(4)" in inspect.getsource(websockets.frames.Frame.serialize)
+    assert isinstance(websockets.frames.secrets, _MaskKeys)
+
+
+def test_a_batch_draws_its_mask_keys_once_and_uses_each_once(monkeypatch):
+    draws: list[int] = []
+    real = os.urandom
+    monkeypatch.setattr(os, "urandom", lambda n: draws.append(n) or real(n))
+    keys = _MaskKeys()
+    with keys.drawn_for(3):
+        batch = [keys.token_bytes(4) for _ in range(3)]
+        beyond = keys.token_bytes(4)  # past the batch: secrets, as usual
+    assert draws[0] == 12 and len(set(batch)) == 3 and beyond not in batch
+    assert len(keys.token_bytes(4)) == 4  # outside a batch
 
 
 async def _recording_server(received: list[Any]):

@@ -24,14 +24,14 @@ from datetime import datetime, timezone
 import structlog
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition, batch_async
 
-from app.envelope import Chunk
+from app.envelope import Chunk, Poll
 from app.feed.reader import FeedReader
 from app.metrics import Metrics
 from app.settings import FeedSettings, SourceOptions
 from app.status import ConnectionStatus
 
 
-class _FeedsPartition(StatefulSourcePartition[Chunk, None]):
+class _FeedsPartition(StatefulSourcePartition[Poll, None]):
     """Some feeds, read in one event loop; runs on the worker thread that owns the partition."""
 
     def __init__(self, key: str, feeds: list[FeedSettings], options: SourceOptions,
@@ -56,7 +56,7 @@ class _FeedsPartition(StatefulSourcePartition[Chunk, None]):
         self._ready[reader.name] = reader
         self._has_data.set()
 
-    async def _chunks(self) -> AsyncIterator[list[Chunk]]:
+    async def _chunks(self) -> AsyncIterator[Poll]:
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(reader.run(), name=f"feed {reader.name}")
                        for reader in self._readers]
@@ -64,7 +64,7 @@ class _FeedsPartition(StatefulSourcePartition[Chunk, None]):
             await self._has_data.wait()
             yield self._take()
 
-    def _take(self) -> list[Chunk]:
+    def _take(self) -> Poll:
         """Every feed's waiting frames, one chunk per feed."""
         ready, self._ready = self._ready, {}
         self._has_data.clear()
@@ -80,10 +80,10 @@ class _FeedsPartition(StatefulSourcePartition[Chunk, None]):
                 metrics.last_message.set(frames[-1].received_at)
         return chunks
 
-    def next_batch(self) -> list[Chunk]:
+    def next_batch(self) -> list[Poll]:
         if self._stopping.is_set():
             return self._drain()
-        polled = next(self._polls)  # batch_async(..., 1): nothing, or one list of chunks
+        polled = next(self._polls)  # batch_async(..., 1): nothing, or one poll
         chunks = polled[0] if polled else []
         now = datetime.now(timezone.utc)
         if not chunks:
@@ -96,9 +96,9 @@ class _FeedsPartition(StatefulSourcePartition[Chunk, None]):
             self._next_awake = now + self._options.linger
         else:
             self._next_awake = None
-        return chunks
+        return [chunks] if chunks else []
 
-    def _drain(self) -> list[Chunk]:
+    def _drain(self) -> list[Poll]:
         """On shutdown: close every connection at once, hand over what was read, then end."""
         if self._stopped:
             raise StopIteration
@@ -106,7 +106,7 @@ class _FeedsPartition(StatefulSourcePartition[Chunk, None]):
         self._loop.run_until_complete(self._cancel_all())
         chunks = self._take()
         self._log.info("source_stopped", handed_over=sum(len(c.frames) for c in chunks))
-        return chunks
+        return [chunks] if chunks else []
 
     async def _cancel_all(self) -> None:
         """Cancel every task of this loop (readers close their connections with 1000)."""
@@ -128,7 +128,7 @@ class _FeedsPartition(StatefulSourcePartition[Chunk, None]):
         loop.close()
 
 
-class WebSocketSource(FixedPartitionedSource[Chunk, None]):
+class WebSocketSource(FixedPartitionedSource[Poll, None]):
     """Reads every feed; `partitions` should be the cluster's total number of workers."""
 
     def __init__(self, options: SourceOptions, partitions: int, status: ConnectionStatus,

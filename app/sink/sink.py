@@ -247,7 +247,7 @@ def _ack_count(message: str | bytes) -> int | None:
     return ack if isinstance(ack, int) else None
 
 
-class _SinkPartition(StatelessSinkPartition[Encoded]):
+class _SinkPartition(StatelessSinkPartition[list[Encoded]]):
     def __init__(self, options: SinkOptions, status: ConnectionStatus, metrics: Metrics,
                  stopping: threading.Event, on_written: OnWritten, worker_index: int) -> None:
         self._framing = options.framing
@@ -268,7 +268,8 @@ class _SinkPartition(StatelessSinkPartition[Encoded]):
         """Run in the partition's loop and wait for the result (or its exception)."""
         asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
 
-    def write_batch(self, items: list[Encoded]) -> None:
+    def write_batch(self, polls: list[list[Encoded]]) -> None:
+        items = [item for poll in polls for item in poll]
         messages = [message for item in items for message in item.messages]
         if not messages:
             return
@@ -291,7 +292,7 @@ class _SinkPartition(StatelessSinkPartition[Encoded]):
         self._loop.close()
 
 
-class WebSocketSink(DynamicSink[Encoded]):
+class WebSocketSink(DynamicSink[list[Encoded]]):
     """Writes serialised envelopes to one outbound WebSocket, one connection per worker.
 
     Delivery: `write_batch` returns only after every frame of the batch was written to an open

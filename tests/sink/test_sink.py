@@ -104,7 +104,7 @@ def test_garbage_goes_to_the_dead_letter_socket(sink, servers, dataflow):
         assert records[0]["raw"] == "not json {" and records[0]["source"] == "g"
         assert {m["seq"] for m in sink.messages} | {r["seq"] for r in records} == set(range(1, 7))
         app.stop()
-        assert dead.close_codes == [1000]
+        assert dead.wait_for(lambda s: s.close_codes == [1000], 5), dead.close_codes
     finally:
         dead.close()
 
