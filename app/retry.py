@@ -15,11 +15,16 @@ import socket
 import ssl
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from typing import Literal
 
 from websockets.exceptions import InvalidStatus
 
+from app.errors import ConnectHookError
+
 RESET_AFTER_S = 30.0
+RETRY_AFTER_MAX_S = 3600.0
+"""The longest `Retry-After` honoured: a broken header must not park a feed for days."""
 
 FailureReason = Literal["dns", "refused", "timeout", "tls", "rejected", "other"]
 ACTION_STATUSES = frozenset({401, 403, 404})
@@ -50,6 +55,22 @@ class Failure:
     needs_action: bool = False  # log at error level: retrying alone will not fix it
 
 
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Seconds to wait from a `Retry-After` header (delay-seconds or an HTTP date, RFC 9110
+    10.2.3), at most RETRY_AFTER_MAX_S; None when absent or unreadable. `now`: Unix time."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        seconds = float(value)
+    else:
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - now
+        except (TypeError, ValueError, IndexError):
+            return None
+    return min(max(seconds, 0.0), RETRY_AFTER_MAX_S)
+
+
 def classify_failure(exc: BaseException) -> Failure:
     """The reason label and a short operator-facing description of a failed attempt."""
     if isinstance(exc, InvalidStatus):
@@ -70,4 +91,6 @@ def classify_failure(exc: BaseException) -> Failure:
     if isinstance(exc, ssl.SSLError):
         return Failure("tls", f"the TLS handshake failed ({getattr(exc, 'reason', None) or exc}): "
                               "is this a plain ws:// server?", needs_action=True)
+    if isinstance(exc, ConnectHookError):
+        return Failure("other", str(exc))
     return Failure("other", repr(exc))

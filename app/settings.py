@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import ssl
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Annotated, Any, Literal
@@ -40,6 +41,7 @@ from app.feed.control import (
 from app.feed.pointer import Pointer
 from app.feed.sequence import EventTime, SequenceTracker
 from app.retry import Backoff
+from app.tls import client_context
 
 ENV_PREFIX = "INGEST_"
 
@@ -213,6 +215,10 @@ class TlsSettings(_Strict):
     def _key_needs_cert(self) -> TlsSettings:
         if self.key_file and not self.cert_file:
             raise ValueError("key_file needs cert_file")
+        try:  # a file that exists but holds no usable PEM stops start-up, not the first attempt
+            client_context(self)
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            raise ValueError(f"cannot load the CA or client certificate ({exc})") from None
         return self
 
 
@@ -322,6 +328,7 @@ class Settings(BaseSettings):
     sink_framing: Framing = "message"
     sink_confirm: Confirm = "ping"
     sink_max_message_bytes: int = Field(1_048_576, ge=4096)
+    sink_tls: Annotated[TlsSettings | None, NoDecode] = None
     batch_size: int = Field(1000, ge=1)
     batch_timeout_ms: int = Field(10, ge=1)
     batch_linger_ms: int = Field(0, ge=0)
@@ -357,6 +364,11 @@ class Settings(BaseSettings):
     @classmethod
     def _headers_json(cls, value: Any) -> Any:
         return _parse_json(value) or {}
+
+    @field_validator("sink_tls", mode="before")
+    @classmethod
+    def _tls_json(cls, value: Any) -> Any:
+        return _parse_json(value) or None
 
     @field_validator("sink_url", "dead_letter_url")
     @classmethod
@@ -410,7 +422,8 @@ class Settings(BaseSettings):
             return SinkOptions(
                 name=name, url=url, headers=headers, framing=self.sink_framing,
                 confirm=self.sink_confirm, max_message_bytes=self.sink_max_message_bytes,
-                reconnect=backoff, shutdown_timeout_s=self.shutdown_timeout_ms / 1000)
+                reconnect=backoff, shutdown_timeout_s=self.shutdown_timeout_ms / 1000,
+                tls=self.sink_tls if name == "sink" else None)
 
         return Options(
             source=SourceOptions(
@@ -478,6 +491,7 @@ class SinkOptions:
     shutdown_timeout_s: float
     ping_interval_s: float = 20.0
     ping_timeout_s: float = 20.0
+    tls: TlsSettings | None = None  # INGEST_SINK_TLS (the dead-letter socket has none)
 
 
 @dataclass(frozen=True)
