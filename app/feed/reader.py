@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
 import structlog
 from websockets.asyncio.client import ClientConnection
@@ -19,11 +20,13 @@ from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 
 from app.envelope import Frame, payload_size
+from app.feed.hook import Connector
 from app.metrics import FeedMetrics
-from app.net import Endpoint, keepalive, open_connection, reconnect_forever
+from app.net import Endpoint, keepalive, open_connection, proxy_option, reconnect_forever
 from app.retry import Failure
 from app.settings import FeedSettings, SourceOptions, mask_url, reveal
 from app.status import ConnectionStatus
+from app.tls import client_context, warn_if_unverified
 
 FRAME_LIMIT_FACTOR = 16
 """The WebSocket library's own frame limit, as a multiple of max_message_bytes (memory guard)."""
@@ -45,7 +48,11 @@ class FeedReader:
         self._endpoint = Endpoint(
             url=feed.url, headers=reveal(feed.headers), subprotocols=tuple(feed.subprotocols),
             open_timeout=feed.open_timeout,
-            max_size=FRAME_LIMIT_FACTOR * feed.max_message_bytes)
+            max_size=FRAME_LIMIT_FACTOR * feed.max_message_bytes,
+            ssl=client_context(feed.tls), proxy=proxy_option(feed.proxy))
+        warn_if_unverified(feed.tls, self._log)
+        self._connector = Connector(feed, self._endpoint)
+        self._subscribe: list[str] = []  # this attempt's (the connect_hook may change them)
         self._decode = False if options.payload == "json" else None  # bytes for the JSON parser
         self._pending: list[Frame] = []
         self._has_room = asyncio.Event()
@@ -64,9 +71,16 @@ class FeedReader:
     async def run(self) -> None:
         """Connect, read and reconnect until cancelled (then close with 1000)."""
         await reconnect_forever(
-            lambda: open_connection(self._endpoint, ClientConnection), self._session,
+            self._connect, self._session,
             backoff=self._options.reconnect, log=self._log, event_prefix="source",
             on_down=self._down, on_failure=self._failed, on_closed=self._closed)
+
+    @asynccontextmanager
+    async def _connect(self) -> AsyncIterator[ClientConnection]:
+        attempt = await self._connector.resolve()  # a failed hook is a failed attempt
+        self._subscribe = attempt.subscribe
+        async with open_connection(attempt.endpoint, ClientConnection) as ws:
+            yield ws
 
     def _down(self) -> None:
         self._status.set_source(self.name, False)
@@ -79,11 +93,11 @@ class FeedReader:
             self._metrics.invalid["too_large"].inc()
 
     async def _session(self, ws: ClientConnection) -> None:
-        for message in self.feed.subscribe_messages():
+        for message in self._subscribe:
             await ws.send(message)
         self._status.set_source(self.name, True)
         self._metrics.connects.inc()
-        self._log.info("source_connected", subscribed=len(self.feed.subscribe),
+        self._log.info("source_connected", subscribed=len(self._subscribe),
                        subprotocol=ws.subprotocol)
         loop = asyncio.get_running_loop()
         helpers = [loop.create_task(
