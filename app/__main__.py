@@ -23,6 +23,7 @@ import structlog
 from bytewax.run import cli_main as _untyped_cli_main
 
 from app.errors import ConfigError, IngestError
+from app.feed.hook import load_connect_hooks
 from app.flow import build_flow
 from app.http import start_http_server
 from app.logs import configure_logging
@@ -116,6 +117,7 @@ def _configure(argv: list[str] | None) -> tuple[argparse.Namespace, Settings, Tr
     args = parse_args(argv)
     settings = load_settings()
     transform = load_transform(settings.transform)
+    load_connect_hooks(settings.feeds)  # a hook that cannot load stops start-up (exit 2)
     return args, settings, transform, resolve_cluster(args, settings, os.environ)
 
 
