@@ -30,6 +30,7 @@ from app.logs import configure_logging
 from app.metrics import Metrics
 from app.settings import Settings, load_settings
 from app.status import ConnectionStatus
+from app.tls import check_tls
 from app.transform import Transform, load_transform
 
 EPOCH_INTERVAL = timedelta(seconds=10)
@@ -118,6 +119,7 @@ def _configure(argv: list[str] | None) -> tuple[argparse.Namespace, Settings, Tr
     settings = load_settings()
     transform = load_transform(settings.transform)
     load_connect_hooks(settings.feeds)  # a hook that cannot load stops start-up (exit 2)
+    check_tls(settings)  # and so does a certificate file that cannot be loaded
     return args, settings, transform, resolve_cluster(args, settings, os.environ)
 
 

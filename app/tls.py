@@ -8,12 +8,11 @@ reused for every attempt.
 from __future__ import annotations
 
 import ssl
-from typing import TYPE_CHECKING
 
 import structlog
 
-if TYPE_CHECKING:  # settings checks at load time that a context can be built from its files
-    from app.settings import TlsSettings
+from app.errors import ConfigError
+from app.settings import Settings, TlsSettings
 
 
 def client_context(tls: TlsSettings | None) -> ssl.SSLContext | None:
@@ -38,3 +37,19 @@ def warn_if_unverified(tls: TlsSettings | None, log: structlog.typing.FilteringB
         log.warning("tls_verify_disabled", **where,
                     detail="the server's certificate is not checked: anyone on the network "
                            "path can read and alter this connection")
+
+
+def check_tls(settings: Settings) -> None:
+    """Build every context once, at start: files that exist but hold no usable certificate or
+    key are a ConfigError naming the variable, not a failure of every attempt later."""
+    places = [(f"INGEST_SOURCES[{index}].tls", feed.tls)
+              for index, feed in enumerate(settings.feeds)]
+    places.append(("INGEST_SINK_TLS", settings.sink_tls))
+    problems = []
+    for where, tls in places:
+        try:
+            client_context(tls)
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            problems.append(f"{where}: cannot load the CA or client certificate ({exc})")
+    if problems:
+        raise ConfigError(problems)
