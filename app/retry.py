@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Literal
 
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import InvalidMessage, InvalidStatus
 
 from app.errors import ConnectHookError
 
@@ -86,11 +86,16 @@ def classify_failure(exc: BaseException) -> Failure:
         return Failure("timeout", "no answer within the open timeout")
     if isinstance(exc, ssl.SSLCertVerificationError):
         return Failure("tls", "the server's certificate does not verify "
-                              f"({getattr(exc, 'verify_message', None) or exc})",
-                       needs_action=True)
+                              f"({getattr(exc, 'verify_message', None) or exc}): "
+                              "is its CA the one in ca_file?", needs_action=True)
     if isinstance(exc, ssl.SSLError):
         return Failure("tls", f"the TLS handshake failed ({getattr(exc, 'reason', None) or exc}): "
                               "is this a plain ws:// server?", needs_action=True)
+    if isinstance(exc, InvalidMessage) and isinstance(exc.__cause__, EOFError):
+        # TLS 1.3 reports a refused client certificate only after the handshake: as this EOF.
+        return Failure("other", "the server closed the connection before answering the "
+                                "handshake (over wss://, a server refusing our client "
+                                "certificate, or a TLS server reached with ws://, does this)")
     if isinstance(exc, ConnectHookError):
         return Failure("other", str(exc))
     return Failure("other", repr(exc))
