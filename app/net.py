@@ -23,7 +23,7 @@ from typing import Any, Literal, TypeVar, cast
 
 import structlog
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidProxyStatus, InvalidStatus
 from websockets.frames import CloseCode
 
 from app.logs import RateLimiter
@@ -190,7 +190,9 @@ async def reconnect_forever(
 
 
 def _status_of(exc: BaseException) -> dict[str, int]:
-    return {"http_status": exc.response.status_code} if isinstance(exc, InvalidStatus) else {}
+    if isinstance(exc, (InvalidStatus, InvalidProxyStatus)):
+        return {"http_status": exc.response.status_code}
+    return {}
 
 
 def _retry_after(exc: BaseException) -> float:

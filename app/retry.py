@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Literal
 
-from websockets.exceptions import InvalidMessage, InvalidStatus
+from websockets.exceptions import InvalidMessage, InvalidProxyStatus, InvalidStatus, ProxyError
 
 from app.errors import ConnectHookError
 
@@ -27,7 +27,7 @@ RETRY_AFTER_MAX_S = 3600.0
 """The longest `Retry-After` honoured: a broken header must not park a feed for days."""
 
 FailureReason = Literal["dns", "refused", "timeout", "tls", "rejected", "other"]
-ACTION_STATUSES = frozenset({401, 403, 404})
+ACTION_STATUSES = frozenset({401, 403, 404, 407})
 """HTTP answers to a handshake that no retry will mend: credentials or the URL are wrong."""
 
 
@@ -77,6 +77,12 @@ def classify_failure(exc: BaseException) -> Failure:
         status = exc.response.status_code
         return Failure("rejected", f"the server answered the handshake with HTTP {status}",
                        needs_action=status in ACTION_STATUSES)
+    if isinstance(exc, InvalidProxyStatus):
+        status = exc.response.status_code
+        return Failure("rejected", f"the proxy answered CONNECT with HTTP {status}",
+                       needs_action=status in ACTION_STATUSES)
+    if isinstance(exc, ProxyError):
+        return Failure("other", f"the proxy failed ({exc})")
     if isinstance(exc, socket.gaierror):
         return Failure("dns", f"the host name does not resolve ({exc.strerror})",
                        needs_action=True)
