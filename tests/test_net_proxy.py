@@ -1,5 +1,5 @@
 """Proxies: a feed reached through a local HTTP CONNECT proxy (its own `proxy`, or the standard
-variables), `proxy: "none"` going direct, and `no_proxy` honoured.
+variables) or a SOCKS5 proxy (python-socks), `proxy: "none"` going direct, `no_proxy` honoured.
 
 websockets reads the standard variables through urllib (`getproxies`, `proxy_bypass`): an
 entry of no_proxy matching the host, or host:port, connects directly. A machine's own no_proxy
@@ -25,6 +25,8 @@ class ConnectProxy:
     """An HTTP CONNECT proxy on 127.0.0.1 that records every target it was asked for; it
     tunnels to 127.0.0.1 only (anything else: 403), or refuses all with `refuse` (a status)."""
 
+    scheme = "http"
+
     def __init__(self, refuse: int | None = None) -> None:
         self.targets: list[str] = []
         self._refuse = refuse
@@ -36,7 +38,7 @@ class ConnectProxy:
 
         self._server: asyncio.Server = self._thread.call(start())
         self.port = self._server.sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{self.scheme}://127.0.0.1:{self.port}"
 
     async def _handle(self, client_r: asyncio.StreamReader,
                       client_w: asyncio.StreamWriter) -> None:
@@ -53,18 +55,7 @@ class ConnectProxy:
         server_r, server_w = await asyncio.open_connection("127.0.0.1", int(port))
         self._writers.append(server_w)
         client_w.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
-
-        async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            try:
-                while data := await reader.read(65536):
-                    writer.write(data)
-                    await writer.drain()
-            except (ConnectionError, OSError):
-                pass
-            finally:
-                writer.close()
-
-        await asyncio.gather(pump(client_r, server_w), pump(server_r, client_w))
+        await asyncio.gather(_pump(client_r, server_w), _pump(server_r, client_w))
 
     def close(self) -> None:
         async def stop() -> None:
@@ -74,6 +65,46 @@ class ConnectProxy:
 
         self._thread.call(stop())
         self._thread.stop()
+
+
+class Socks5Proxy(ConnectProxy):
+    """A SOCKS5 proxy (no authentication, CONNECT only) on 127.0.0.1, recording its targets;
+    it tunnels to 127.0.0.1 only."""
+
+    scheme = "socks5h"
+
+    async def _handle(self, client_r: asyncio.StreamReader,
+                      client_w: asyncio.StreamWriter) -> None:
+        self._writers.append(client_w)
+        _version, methods = await client_r.readexactly(2)
+        await client_r.readexactly(methods)
+        client_w.write(b"\x05\x00")  # no authentication
+        _version, _command, _reserved, kind = await client_r.readexactly(4)
+        if kind == 1:  # IPv4
+            host = ".".join(str(part) for part in await client_r.readexactly(4))
+        else:  # 3: a name, as socks5h sends it
+            host = (await client_r.readexactly((await client_r.readexactly(1))[0])).decode()
+        port = int.from_bytes(await client_r.readexactly(2), "big")
+        self.targets.append(f"{host}:{port}")
+        if host != "127.0.0.1":
+            client_w.write(b"\x05\x02\x00\x01" + bytes(6))  # not allowed by ruleset
+            client_w.close()
+            return
+        server_r, server_w = await asyncio.open_connection("127.0.0.1", port)
+        self._writers.append(server_w)
+        client_w.write(b"\x05\x00\x00\x01" + bytes(6))  # succeeded
+        await asyncio.gather(_pump(client_r, server_w), _pump(server_r, client_w))
+
+
+async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except (ConnectionError, OSError):
+        pass
+    finally:
+        writer.close()
 
 
 @pytest.fixture
@@ -104,6 +135,19 @@ def test_a_feed_with_its_own_proxy_goes_through_it(proxy, servers, sink, dataflo
     assert sink.wait_for(lambda s: len(s.messages) == 40)
     assert proxy.targets == [f"127.0.0.1:{feed.port}"]  # the sink: no proxy variables, direct
     app.stop()
+
+
+def test_a_feed_through_a_socks5_proxy(servers, sink, dataflow, no_proxy_variables):
+    socks = Socks5Proxy()
+    try:
+        feed = servers(feed_handler(40))
+        app = dataflow({"INGEST_SOURCES": _feed(feed.url, proxy=socks.url),
+                        "INGEST_SINK_URL": sink.url})
+        assert sink.wait_for(lambda s: len(s.messages) == 40)
+        assert socks.targets == [f"127.0.0.1:{feed.port}"]
+        app.stop()
+    finally:
+        socks.close()
 
 
 def test_proxy_none_goes_direct_although_the_variables_name_a_proxy(
