@@ -1,9 +1,10 @@
 """Holding a WebSocket connection, for the source and the sink alike.
 
-Opening (headers, limits, compression), our keepalive, the reconnect loop, and closing with a
-code from `websockets.frames.CloseCode`. The loop asks the pure `retry` module how long to wait
-and what a failed attempt was. Everything here runs inside the event loop that owns the
-connection: a feed partition's loop (source) or a sink partition's thread (sink).
+Opening (headers, limits, compression, the TLS context, the proxy), our keepalive, the reconnect
+loop, and closing with a code from `websockets.frames.CloseCode`. The loop asks the pure `retry`
+module how long to wait and what a failed attempt was. Everything here runs inside the event
+loop that owns the connection: a feed partition's loop (source) or a sink partition's thread
+(sink).
 
 `BatchingConnection` relies on three websockets internals (`send_context`, `protocol.send_text`,
 `protocol.data_to_send`); the versions allowed in pyproject.toml are the ones tested, and

@@ -5,6 +5,7 @@ that lived `RESET_AFTER_S`, so a long-lived connection that drops is retried qui
 `classify_failure()` is to our reconnect loop what websockets' `process_exception()` is to its
 own: it names why an attempt failed (the `reason` label of
 `ingest_source_connect_failures_total`) and says whether an operator must act (error level).
+`parse_retry_after()` reads a refusal's `Retry-After`, which lengthens the next delay.
 """
 
 from __future__ import annotations

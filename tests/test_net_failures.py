@@ -14,10 +14,19 @@ import pytest
 import structlog
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.server import ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import InvalidMessage, InvalidProxyStatus, ProxyError
 from websockets.http11 import Request, Response
 
+from app.errors import ConnectHookError
 from app.net import Endpoint, open_connection, reconnect_forever
-from app.retry import RETRY_AFTER_MAX_S, Backoff, Failure, parse_retry_after
+from app.retry import (
+    RETRY_AFTER_MAX_S,
+    Backoff,
+    Failure,
+    classify_failure,
+    parse_retry_after,
+)
 from support.servers import LoopThread
 from support.service import free_port
 from support.wait import wait_until
@@ -154,6 +163,33 @@ def test_a_429_without_retry_after_backs_off_as_usual():
     (first, second), logs = _attempt_times({"process_request": _refusing(429)}, 2)
     assert second - first < 0.9
     assert "retry_after_s" not in logs[0]
+
+
+def _response(status: int) -> Response:
+    return Response(status, "Refused", Headers())
+
+
+@pytest.mark.parametrize(("exc", "reason", "detail", "needs_action"), [
+    (InvalidProxyStatus(_response(407)), "rejected",
+     "the proxy answered CONNECT with HTTP 407", True),
+    (InvalidProxyStatus(_response(502)), "rejected",
+     "the proxy answered CONNECT with HTTP 502", False),
+    (ProxyError("failed to connect to SOCKS proxy"), "other",
+     "the proxy failed (failed to connect to SOCKS proxy)", False),
+    (ConnectHookError("connect_hook raised KeyError: 'token'"), "other",
+     "connect_hook raised KeyError: 'token'", False),
+])
+def test_classify_proxy_and_hook_failures(exc, reason, detail, needs_action):
+    assert classify_failure(exc) == Failure(reason, detail, needs_action)
+
+
+def test_a_close_before_the_handshake_answer_is_explained():
+    try:
+        raise InvalidMessage("did not receive a valid HTTP response") from EOFError()
+    except InvalidMessage as exc:
+        failure = classify_failure(exc)
+    assert failure.reason == "other"
+    assert failure.detail.startswith("the server closed the connection before answering")
 
 
 def test_parse_retry_after():
