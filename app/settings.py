@@ -362,7 +362,9 @@ class Settings(BaseSettings):
     @field_validator("sink_tls", mode="before")
     @classmethod
     def _tls_json(cls, value: Any) -> Any:
-        return _parse_json(value) or None
+        if isinstance(value, str) and not value.strip():
+            return None  # set but empty, as templates often leave it: no TLS settings
+        return _parse_json(value)
 
     @field_validator("sink_url", "dead_letter_url")
     @classmethod

@@ -11,7 +11,7 @@ import pytest
 import trustme
 
 from app.errors import ConfigError
-from app.settings import Settings, TlsSettings
+from app.settings import Settings, TlsSettings, load_settings
 from app.tls import check_tls, client_context
 from support.servers import Sink, feed_handler
 from support.wait import wait_until
@@ -141,6 +141,20 @@ def test_sink_tls_is_read_from_the_environment_and_reaches_the_sink_options_only
     assert options.dead_letter is not None and options.dead_letter.tls is None
     assert Settings(_env_file=None, source_urls="ws://127.0.0.1:1/a",
                     sink_url="ws://127.0.0.1:2/out").options().sink.tls is None
+
+
+def test_sink_tls_from_the_environment(pki, monkeypatch):
+    monkeypatch.setenv("INGEST_SOURCE_URLS", "ws://127.0.0.1:1/a")
+    monkeypatch.setenv("INGEST_SINK_URL", "wss://127.0.0.1:2/out")
+    monkeypatch.setenv("INGEST_SINK_TLS", json.dumps(pki.tls()))
+    assert load_settings(_env_file=None).sink_tls == TlsSettings(**pki.tls())
+    monkeypatch.setenv("INGEST_SINK_TLS", " ")
+    assert load_settings(_env_file=None).sink_tls is None
+    monkeypatch.setenv("INGEST_SINK_TLS", '{"verify": "maybe", "ca": "x"}')
+    with pytest.raises(ConfigError) as raised:
+        load_settings(_env_file=None)
+    assert [line.split(":")[0] for line in raised.value.problems] == [
+        "INGEST_SINK_TLS.verify", "INGEST_SINK_TLS.ca"]
 
 
 def test_client_context_from_settings(pki):
