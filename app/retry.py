@@ -30,6 +30,8 @@ RETRY_AFTER_MAX_S = 3600.0
 FailureReason = Literal["dns", "refused", "timeout", "tls", "rejected", "other"]
 ACTION_STATUSES = frozenset({401, 403, 404, 407})
 """HTTP answers to a handshake that no retry will mend: credentials or the URL are wrong."""
+UNKNOWN_ISSUER = frozenset({2, 18, 19, 20, 21})
+"""OpenSSL verify codes meaning "signed by a CA we do not trust" (X509_V_ERR_...)."""
 
 
 @dataclass(frozen=True)
@@ -92,9 +94,11 @@ def classify_failure(exc: BaseException) -> Failure:
     if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
         return Failure("timeout", "no answer within the open timeout")
     if isinstance(exc, ssl.SSLCertVerificationError):
+        unknown_issuer = getattr(exc, "verify_code", None) in UNKNOWN_ISSUER
+        hint = ": is its CA the one in ca_file?" if unknown_issuer else ""
         return Failure("tls", "the server's certificate does not verify "
-                              f"({getattr(exc, 'verify_message', None) or exc}): "
-                              "is its CA the one in ca_file?", needs_action=True)
+                              f"({getattr(exc, 'verify_message', None) or exc}){hint}",
+                       needs_action=True)
     if isinstance(exc, ssl.SSLError):
         return Failure("tls", f"the TLS handshake failed ({getattr(exc, 'reason', None) or exc}): "
                               "is this a plain ws:// server?", needs_action=True)

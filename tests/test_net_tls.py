@@ -3,14 +3,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import ssl
 from dataclasses import dataclass
 
 import pytest
 import trustme
+from websockets.asyncio.client import ClientConnection
 
 from app.errors import ConfigError
+from app.net import Endpoint, open_connection
+from app.retry import Failure, classify_failure
 from app.settings import Settings, TlsSettings, load_settings
 from app.tls import check_tls, client_context
 from support.servers import Sink, feed_handler
@@ -84,6 +88,27 @@ def test_a_server_certificate_that_does_not_verify_is_a_tls_failure_and_says_why
         failed[0]["error"])
     assert not sink.messages
     app.stop()
+
+
+@pytest.mark.parametrize(("host", "client", "detail"), [
+    ("127.0.0.1", "other", "the server's certificate does not verify (unable to get local "
+                           "issuer certificate): is its CA the one in ca_file?"),
+    ("localhost", "ours", "the server's certificate does not verify (Hostname mismatch, "
+                          "certificate is not valid for 'localhost'.)"),
+])
+def test_what_a_failed_verification_says(pki, servers, host, client, detail):
+    feed = servers(feed_handler(1), ssl=pki.server_context(client_auth=False))
+    ca_file = pki.other_ca_file if client == "other" else pki.ca_file
+    endpoint = Endpoint(f"wss://{host}:{feed.port}/", proxy=None, open_timeout=5,
+                        ssl=client_context(TlsSettings(ca_file=ca_file)))
+
+    async def attempt() -> None:
+        async with open_connection(endpoint, ClientConnection):
+            raise AssertionError("the handshake must fail")
+
+    with pytest.raises(ssl.SSLCertVerificationError) as raised:
+        asyncio.run(attempt())
+    assert classify_failure(raised.value) == Failure("tls", detail, needs_action=True)
 
 
 def test_verify_false_connects_to_an_unknown_ca_and_warns_once_at_start(
