@@ -31,12 +31,14 @@ from dotenv import dotenv_values
 
 from app.configdoc import help_text
 from app.errors import ConfigError, IngestError
+from app.feed.hook import load_connect_hooks
 from app.flow import build_flow
 from app.http import start_http_server
 from app.logs import capture_native_stdout, configure_logging
 from app.metrics import Metrics
 from app.settings import Settings, load_settings
 from app.status import ConnectionStatus
+from app.tls import check_tls
 from app.transform import Transform, load_transform
 
 EPOCH_INTERVAL = timedelta(seconds=10)
@@ -160,6 +162,8 @@ def _configure(argv: list[str] | None) -> tuple[argparse.Namespace, Settings, Tr
     try:
         settings = load_settings(env_file)
         transform = load_transform(settings.transform)
+        load_connect_hooks(settings.feeds)  # a hook that cannot load stops start-up (exit 2)
+        check_tls(settings)  # and so does a certificate file that cannot be loaded
     except ConfigError as error:
         problems += error.problems
     try:  # Bytewax's variables are checked too, so every problem is told in one pass

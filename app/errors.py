@@ -4,6 +4,8 @@
     ├── ConfigError          a setting is wrong; start-up stops with exit status 2
     ├── InvalidMessageError  a frame is invalid and INGEST_ON_INVALID is `fail`
     ├── TransformError       the user hook raised or returned something unusable (app.transform)
+    ├── ConnectHookError     a feed's connect_hook raised or returned something unusable: a
+                             failed connection attempt, reason `other` (app.feed.hook)
     └── ShutdownTimeout      the sink was unreachable for the whole shutdown grace period
                              (app.sink.sink; the batch is logged as unsent, exit status 0)
 
@@ -32,6 +34,10 @@ class InvalidMessageError(IngestError):
 
 class TransformError(IngestError):
     """The hook raised, or returned something other than a dict, a list of dicts or None."""
+
+
+class ConnectHookError(IngestError):
+    """A feed's connect_hook failed; the message is safe to log (it holds no secrets)."""
 
 
 class ShutdownTimeout(IngestError):

@@ -1,9 +1,10 @@
 """Holding a WebSocket connection, for the source and the sink alike.
 
-Opening (headers, limits, compression), our keepalive, the reconnect loop, and closing with a
-code from `websockets.frames.CloseCode`. The loop asks the pure `retry` module how long to wait
-and what a failed attempt was. Everything here runs inside the event loop that owns the
-connection: a feed partition's loop (source) or a sink partition's thread (sink).
+Opening (headers, limits, compression, the TLS context, the proxy), our keepalive, the reconnect
+loop, and closing with a code from `websockets.frames.CloseCode`. The loop asks the pure `retry`
+module how long to wait and what a failed attempt was. Everything here runs inside the event
+loop that owns the connection: a feed partition's loop (source) or a sink partition's thread
+(sink).
 
 `BatchingConnection` relies on websockets internals (`send_context`, `protocol.send_text`,
 `protocol.data_to_send`, and `websockets.frames` drawing each client frame's mask key with
@@ -17,21 +18,22 @@ import asyncio
 import contextlib
 import os
 import secrets
+import ssl
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, cast
+from typing import Any, Literal, TypeVar, cast
 
 import structlog
 import websockets.frames
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidProxyStatus, InvalidStatus
 from websockets.frames import CloseCode
 
 from app.logs import RateLimiter
-from app.retry import RESET_AFTER_S, Backoff, Failure, classify_failure
+from app.retry import RESET_AFTER_S, Backoff, Failure, classify_failure, parse_retry_after
 
 CLOSE_TIMEOUT_S = 2.0
 C = TypeVar("C", bound=ClientConnection)
@@ -49,6 +51,18 @@ class Endpoint:
     max_size: int | None = 1_048_576
     max_queue: int = 16
     compression: bool = True
+    ssl: ssl.SSLContext | None = None
+    """For wss:// only; None: the system CAs, verification on."""
+    proxy: str | Literal[True] | None = True
+    """A proxy URL; True: the standard variables (https_proxy, no_proxy, ...); None: direct."""
+
+
+def proxy_option(setting: str | None) -> str | Literal[True] | None:
+    """A feed's `proxy` as websockets takes it: unset -> the standard variables, "none" ->
+    direct, else the URL."""
+    if setting is None:
+        return True
+    return None if setting == "none" else setting
 
 
 @asynccontextmanager
@@ -63,12 +77,14 @@ async def open_connection(
     options: dict[str, Any] = {}
     if endpoint.subprotocols:
         options["subprotocols"] = list(endpoint.subprotocols)
+    if endpoint.ssl is not None and endpoint.url.startswith("wss://"):
+        options["ssl"] = endpoint.ssl  # on a ws:// URL, asyncio would speak TLS all the same
     async with connect(
         endpoint.url, additional_headers=endpoint.headers, open_timeout=endpoint.open_timeout,
         max_size=endpoint.max_size, max_queue=endpoint.max_queue,
         compression="deflate" if endpoint.compression else None,
         ping_interval=ping_interval, ping_timeout=ping_timeout, close_timeout=CLOSE_TIMEOUT_S,
-        create_connection=connection_class, **options,
+        create_connection=connection_class, proxy=endpoint.proxy, **options,
     ) as ws:
         try:
             yield cast(C, ws)  # websockets built it with connection_class
@@ -179,12 +195,14 @@ async def reconnect_forever(
     Only cancellation ends this (closing the connection with 1000): an exception escaping a
     source's generator would end its partition for good. Logs `<prefix>_disconnected` when an
     open connection ends, `<prefix>_connect_failed` (rate-limited per kind of failure; at error
-    level when retrying alone will not mend it) when none could be opened.
+    level when retrying alone will not mend it) when none could be opened. A handshake refused
+    with a `Retry-After` header (429, 503) waits at least that long.
     """
     delays = backoff.delays()
     quiet = RateLimiter()
     while True:
         opened_at = None
+        retry_after = 0.0
         try:
             async with connect() as ws:
                 opened_at = time.monotonic()
@@ -199,19 +217,30 @@ async def reconnect_forever(
             else:
                 failure = classify_failure(exc)
                 on_failure(failure)
+                retry_after = _retry_after(exc)
                 if (suppressed := quiet.allow(failure.detail)) is not None:
                     emit = log.error if failure.needs_action else log.warning
                     emit(f"{event_prefix}_connect_failed", reason=failure.reason,
-                         error=failure.detail, suppressed=suppressed, **_status_of(exc))
+                         error=failure.detail, suppressed=suppressed, **_status_of(exc),
+                         **({"retry_after_s": retry_after} if retry_after else {}))
         finally:
             on_down()
         if opened_at is not None and time.monotonic() - opened_at >= RESET_AFTER_S:
             delays = backoff.delays()
-        await asyncio.sleep(next(delays))
+        await asyncio.sleep(max(next(delays), retry_after))
 
 
 def _status_of(exc: BaseException) -> dict[str, int]:
-    return {"http_status": exc.response.status_code} if isinstance(exc, InvalidStatus) else {}
+    if isinstance(exc, (InvalidStatus, InvalidProxyStatus)):
+        return {"http_status": exc.response.status_code}
+    return {}
+
+
+def _retry_after(exc: BaseException) -> float:
+    """Seconds the server asked us to wait before the next attempt (0: it did not ask)."""
+    if not isinstance(exc, InvalidStatus):
+        return 0.0
+    return parse_retry_after(exc.response.headers.get("Retry-After"), time.time()) or 0.0
 
 
 def describe_close(exc: BaseException) -> dict[str, object]:

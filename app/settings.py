@@ -335,6 +335,8 @@ class Settings(BaseSettings):
     acknowledged it ({"ack": n}, see README); none: once sent"""
     sink_max_message_bytes: int = Field(1_048_576, ge=4096)
     """largest frame the sink takes: a bigger envelope is invalid (too_large)"""
+    sink_tls: Annotated[TlsSettings | None, NoDecode] = None
+    """JSON object as a feed's `tls`: ca_file, cert_file, key_file, verify (for the sink)"""
     batch_size: int = Field(1000, ge=1)
     """most messages a feed hands over per poll"""
     batch_timeout_ms: int = Field(10, ge=1)
@@ -385,6 +387,13 @@ class Settings(BaseSettings):
     @classmethod
     def _headers_json(cls, value: Any) -> Any:
         return _parse_json(value) or {}
+
+    @field_validator("sink_tls", mode="before")
+    @classmethod
+    def _tls_json(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            return None  # set but empty, as templates often leave it: no TLS settings
+        return _parse_json(value)
 
     @field_validator("sink_url", "dead_letter_url")
     @classmethod
@@ -438,7 +447,8 @@ class Settings(BaseSettings):
             return SinkOptions(
                 name=name, url=url, headers=headers, framing=self.sink_framing,
                 confirm=self.sink_confirm, max_message_bytes=self.sink_max_message_bytes,
-                reconnect=backoff, shutdown_timeout_s=self.shutdown_timeout_ms / 1000)
+                reconnect=backoff, shutdown_timeout_s=self.shutdown_timeout_ms / 1000,
+                tls=self.sink_tls if name == "sink" else None)
 
         return Options(
             source=SourceOptions(
@@ -509,6 +519,7 @@ class SinkOptions:
     shutdown_timeout_s: float
     ping_interval_s: float = 20.0
     ping_timeout_s: float = 20.0
+    tls: TlsSettings | None = None  # INGEST_SINK_TLS (the dead-letter socket has none)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
 import orjson
 import structlog
@@ -26,13 +27,22 @@ from websockets.frames import CloseCode
 from app.envelope import Frame, Payload, payload_size
 from app.errors import IngestError
 from app.feed.control import HeartbeatClock, SubscribeTracker, Verdict, describe_frame
+from app.feed.hook import Connector
 from app.feed.inflate import InflateError, TooLarge, inflate
 from app.logs import RateLimiter
 from app.metrics import FeedMetrics
-from app.net import Endpoint, fail_now, keepalive, open_connection, reconnect_forever
+from app.net import (
+    Endpoint,
+    fail_now,
+    keepalive,
+    open_connection,
+    proxy_option,
+    reconnect_forever,
+)
 from app.retry import Failure
 from app.settings import FeedSettings, SourceOptions, mask_url, reveal
 from app.status import ConnectionStatus
+from app.tls import client_context, warn_if_unverified
 
 FRAME_LIMIT_FACTOR = 16
 """The WebSocket library's own frame limit, as a multiple of max_message_bytes (memory guard)."""
@@ -62,7 +72,11 @@ class FeedReader:
         self._endpoint = Endpoint(
             url=feed.url, headers=reveal(feed.headers), subprotocols=tuple(feed.subprotocols),
             open_timeout=feed.open_timeout, max_size=FRAME_LIMIT_FACTOR * feed.max_message_bytes,
-            max_queue=RECEIVE_QUEUE, compression=feed.compression == "deflate")
+            max_queue=RECEIVE_QUEUE, compression=feed.compression == "deflate",
+            ssl=client_context(feed.tls), proxy=proxy_option(feed.proxy))
+        warn_if_unverified(feed.tls, self._log)
+        self._connector = Connector(feed, self._endpoint)
+        self._subscribe: list[str] = []  # this attempt's (the connect_hook may change them)
         self._health = status.feed(feed.name, stale_after=feed.ping_interval + feed.ping_timeout)
         metrics.up.set_function(lambda: float(self._health.up(time.monotonic())))
         self._buffer_bytes = max(2 * feed.max_message_bytes, options.buffer_bytes)
@@ -92,9 +106,16 @@ class FeedReader:
     async def run(self) -> None:
         """Connect, read and reconnect until cancelled (then close with 1000)."""
         await reconnect_forever(
-            lambda: open_connection(self._endpoint, ClientConnection), self._session,
+            self._connect, self._session,
             backoff=self._options.reconnect, log=self._log, event_prefix="source",
             on_down=self._down, on_failure=self._failed, on_closed=self._closed)
+
+    @asynccontextmanager
+    async def _connect(self) -> AsyncIterator[ClientConnection]:
+        attempt = await self._connector.resolve()  # a failed hook is a failed attempt
+        self._subscribe = attempt.subscribe
+        async with open_connection(attempt.endpoint, ClientConnection) as ws:
+            yield ws
 
     def _down(self) -> None:
         self._health.connected = False
@@ -108,7 +129,7 @@ class FeedReader:
 
     async def _session(self, ws: ClientConnection) -> None:
         feed = self.feed
-        messages = feed.subscribe_messages()
+        messages = self._subscribe
         for message in messages:
             await ws.send(message)
         self._metrics.connects.inc()

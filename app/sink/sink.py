@@ -37,6 +37,7 @@ from app.net import (
 from app.settings import SinkOptions, mask_url
 from app.sink.framing import chunks, frames_for
 from app.status import ConnectionStatus
+from app.tls import client_context, warn_if_unverified
 
 WAIT_STEP_S = 0.25
 CHUNK_FRAMES = 500
@@ -61,7 +62,9 @@ class _SinkConnection:
                  metrics: Metrics, stopping: threading.Event,
                  log: structlog.typing.FilteringBoundLogger) -> None:
         self._options = options
-        self._endpoint = Endpoint(url=options.url, headers=options.headers, max_size=None)
+        self._endpoint = Endpoint(url=options.url, headers=options.headers, max_size=None,
+                                  ssl=client_context(options.tls))
+        warn_if_unverified(options.tls, log)
         self._status = status
         self._status_key = status_key
         self._metrics = metrics
