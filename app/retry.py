@@ -143,7 +143,7 @@ def classify_failure(exc: BaseException) -> Failure:
         hint = ": is its CA the one in ca_file?" if unknown_issuer else ""
         return Failure("tls", "the server's certificate does not verify "
                               f"({getattr(exc, 'verify_message', None) or exc})"
-                              f"{hint or ': check the host name, or trust its CA'}",
+                              f"{hint}",
                        needs_action=True)
     if isinstance(exc, ssl.SSLError):
         why = getattr(exc, "reason", None) or exc

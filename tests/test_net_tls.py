@@ -179,7 +179,8 @@ def test_sink_tls_from_the_environment(pki, monkeypatch):
     with pytest.raises(ConfigError) as raised:
         load_settings(_env_file=None)
     assert [line.split(":")[0] for line in raised.value.problems] == [
-        "INGEST_SINK_TLS.verify", "INGEST_SINK_TLS.ca"]
+        "INGEST_SINK_TLS.verify", "INGEST_SINK_TLS"]
+    assert "unknown key 'ca'" in raised.value.problems[1]
 
 
 def test_client_context_from_settings(pki):
