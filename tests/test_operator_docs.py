@@ -1,8 +1,7 @@
 """Issue 15, documentation: the README's configuration table, "Run it without Docker" and the
 PromQL examples' healthy answers, each checked against the service itself.
 
-DOC is the file holding those README sections: docs-operator.md until they are pasted into
-README.md (then set DOC to ROOT / "README.md").
+DOC is the README itself.
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ from support.service import ROOT, free_port, http_get
 from support.wait import wait_until
 from tests.test_observability import prometheus  # noqa: F401  (a fixture)
 
-DOC = ROOT / "docs-operator.md"
+DOC = ROOT / "README.md"
 VENUES = ["alpha", "beta", "gamma"]
 
 
