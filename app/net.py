@@ -50,6 +50,10 @@ class Endpoint:
     open_timeout: float = 10.0
     max_size: int | None = 1_048_576
     max_queue: int = 16
+    read_bytes: int | None = None
+    """Bytes read from the socket at a time (asyncio reads 256 KiB). Every frame in a read is
+    parsed, and inflated, at once: a small read bounds how many highly compressed frames one
+    read can inflate into memory, and how long one read holds the event loop."""
     compression: bool = True
     ssl: ssl.SSLContext | None = None
     """For wss:// only; None: the system CAs, verification on."""
@@ -86,11 +90,23 @@ async def open_connection(
         ping_interval=ping_interval, ping_timeout=ping_timeout, close_timeout=CLOSE_TIMEOUT_S,
         create_connection=connection_class, proxy=endpoint.proxy, **options,
     ) as ws:
+        if endpoint.read_bytes is not None:
+            limit_reads(ws.transport, endpoint.read_bytes)
         try:
             yield cast(C, ws)  # websockets built it with connection_class
         except asyncio.CancelledError:
             await ws.close(CloseCode.NORMAL_CLOSURE)
             raise
+
+
+def limit_reads(transport: asyncio.BaseTransport, size: int) -> None:
+    """Read at most `size` bytes per socket read: asyncio's `max_size` of its selector socket
+    transport, or of the SSL protocol behind a TLS transport (tests/test_net.py checks both
+    still exist)."""
+    ssl_protocol = getattr(transport, "_ssl_protocol", None)
+    for owner in (transport, ssl_protocol):
+        if owner is not None and hasattr(owner, "max_size"):
+            owner.max_size = size
 
 
 class _MaskKeys:

@@ -153,6 +153,7 @@ class Sink:
         self._close_after = close_after
         self._ack = ack
         self.messages: list[dict[str, Any]] = []
+        self.arrived_at: list[float] = []  # time.time() of each message's arrival
         self.raw_frames: list[str] = []
         self.close_codes: list[int | None] = []
         self.connections = 0
@@ -175,7 +176,9 @@ class Sink:
                 decoded = json.loads(frame)
                 with self._lock:
                     self.raw_frames.append(frame)
-                    self.messages.extend(decoded if isinstance(decoded, list) else [decoded])
+                    envelopes = decoded if isinstance(decoded, list) else [decoded]
+                    self.messages.extend(envelopes)
+                    self.arrived_at.extend([time.time()] * len(envelopes))
                     cut = self.connections == 1 and len(self.messages) == self._cut_after
                 processed += 1
                 if acks is not None:

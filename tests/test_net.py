@@ -198,3 +198,22 @@ def test_a_rejected_handshake_is_logged_with_its_status(status: int, level: str)
     assert failures[0].reason == "rejected"
     failed = [e for e in logs if e["event"] == "test_connect_failed"]
     assert failed[0]["http_status"] == status and failed[0]["log_level"] == level
+
+
+def test_reads_can_be_limited_on_plain_and_tls_transports():
+    import asyncio.selector_events
+    import asyncio.sslproto
+
+    from app.net import limit_reads
+
+    # The attributes limit_reads sets: asyncio's own read sizes (256 KiB by default).
+    assert asyncio.selector_events._SelectorSocketTransport.max_size == 256 * 1024
+    assert asyncio.sslproto.SSLProtocol.max_size == 256 * 1024
+
+    class Owner:
+        max_size = 256 * 1024
+
+    transport = Owner()
+    transport._ssl_protocol = Owner()  # type: ignore[attr-defined]
+    limit_reads(transport, 16 * 1024)  # type: ignore[arg-type]
+    assert transport.max_size == transport._ssl_protocol.max_size == 16 * 1024  # type: ignore[attr-defined]

@@ -46,9 +46,13 @@ from app.tls import client_context, warn_if_unverified
 
 FRAME_LIMIT_FACTOR = 16
 """The WebSocket library's own frame limit, as a multiple of max_message_bytes (memory guard)."""
-RECEIVE_QUEUE = 4
+RECEIVE_QUEUE = 2
 """Frames websockets may hold for us before it stops reading the socket (its default is 16:
 16 frames of up to 16 x max_message_bytes each would be the real memory bound)."""
+READ_BYTES = 16 * 1024
+"""Bytes per socket read: websockets inflates every frame of a read at once, so this bounds
+what one read of highly compressed frames can cost (a 16 MiB frame compresses to no less than
+~16 KB), and keeps one feed from holding the partition's loop."""
 KEPT_OF_TOO_LARGE = 1024
 """Bytes kept of a frame over max_message_bytes: the dead-letter record shows no more."""
 
@@ -72,7 +76,8 @@ class FeedReader:
         self._endpoint = Endpoint(
             url=feed.url, headers=reveal(feed.headers), subprotocols=tuple(feed.subprotocols),
             open_timeout=feed.open_timeout, max_size=FRAME_LIMIT_FACTOR * feed.max_message_bytes,
-            max_queue=RECEIVE_QUEUE, compression=feed.compression == "deflate",
+            max_queue=RECEIVE_QUEUE, read_bytes=READ_BYTES,
+            compression=feed.compression == "deflate",
             ssl=client_context(feed.tls), proxy=proxy_option(feed.proxy))
         warn_if_unverified(feed.tls, self._log)
         self._connector = Connector(feed, self._endpoint)
