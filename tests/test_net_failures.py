@@ -109,7 +109,8 @@ def test_every_reason_is_counted_per_feed_and_logged(servers, sink, dataflow):
                 if line["event"] == "source_connect_failed"}
         assert logs["rejected"]["log_level"] == "error"
         assert logs["rejected"]["http_status"] == 401
-        assert logs["rejected"]["error"] == "the server answered the handshake with HTTP 401"
+        assert logs["rejected"]["error"].startswith(
+            "the server answered the handshake with HTTP 401 Unauthorized: ")
         assert logs["dns"]["log_level"] == "error"
         assert logs["dns"]["error"].startswith("the host name does not resolve")
         assert logs["refused"]["log_level"] == "warning"
