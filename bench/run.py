@@ -59,6 +59,7 @@ class Case:
     workers: int = 1
     processes: int = 1  # of the service; for the baseline, relays the feeds are split over
     extra_env: dict[str, str] = field(default_factory=dict)
+    feed_keys: dict[str, Any] = field(default_factory=dict)  # more keys of every feed
 
     def urls(self, port: int) -> list[str]:
         return ([f"ws://127.0.0.1:{port}/feed{i}" for i in range(self.feeds)]
@@ -96,7 +97,8 @@ def relays(case: Case, source_port: int,
                 for group in groups], 0.0
     metrics_port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("INGEST_", "BYTEWAX_"))}
-    env.update({"INGEST_SOURCE_URLS": ",".join(urls), "INGEST_SINK_URL": sink,
+    feeds = json.dumps([{"url": url, **case.feed_keys} for url in urls])
+    env.update({"INGEST_SOURCES": feeds, "INGEST_SINK_URL": sink,
                 "INGEST_WORKERS": str(case.workers), "INGEST_METRICS_HOST": "127.0.0.1",
                 "INGEST_METRICS_PORT": str(metrics_port), "INGEST_LOG_LEVEL": "warning",
                 "INGEST_LOG_FORMAT": "json", **case.extra_env})
@@ -218,6 +220,15 @@ def run_case(case: Case) -> dict[str, Any]:
     return figures
 
 
+VENUE_RULES: dict[str, Any] = {
+    # An OKX-, HTX- and Kraken-like mix: a heartbeat and its reply, a server ping to answer,
+    # chatter to skip. The load generator's frames match none of them, as a venue's data.
+    "heartbeat": {"send": "ping", "interval": 20, "expect": "pong", "timeout": 20},
+    "replies": [{"when": {"ping": "*"}, "send": {"pong": 0}, "copy": {"/pong": "/ping"}}],
+    "control": [{"event": "subscribe"}, {"channel": "heartbeat"}, {"type": "welcome"}],
+}
+
+
 def cases(quick: bool) -> list[Case]:
     n = 50_000 if quick else 200_000
     fixed = 5_000
@@ -231,6 +242,8 @@ def cases(quick: bool) -> list[Case]:
         Case("saturation, 2 feeds, 2 processes", "service", n, feeds=2, processes=2),
         Case("5000 msg/s", "baseline", fixed * min(seconds, 20), rate=fixed),
         Case("5000 msg/s", "service", fixed * seconds, rate=fixed),
+        # Real venues (issue 13): the control rules of a venue on every frame, none matching.
+        Case("saturation, venue rules", "service", n, feed_keys=VENUE_RULES),
         # Many feeds (issue 10): one process, one worker.
         Case("1000 feeds: 999 idle + 1 at 5000 msg/s", "baseline", fixed * many, rate=fixed,
              idle=999),
@@ -256,6 +269,9 @@ def ratios(rows: list[dict[str, Any]]) -> dict[str, float]:
     def find(case: str, relay: str) -> dict[str, Any]:
         return next(r for r in rows if r["case"] == case and r["relay"] == relay)
 
+    def throughput(case: str, relay: str = "service") -> float:
+        return float(find(case, relay)["messages_per_s"])
+
     def cpu_ratio(case: str) -> float:
         return round(find(case, "service")["cpu_s_per_million"]
                      / find(case, "baseline")["cpu_s_per_million"], 2)
@@ -263,6 +279,8 @@ def ratios(rows: list[dict[str, Any]]) -> dict[str, float]:
     service, baseline = find("saturation", "service"), find("saturation", "baseline")
     fixed_s, fixed_b = find("5000 msg/s", "service"), find("5000 msg/s", "baseline")
     return {
+        "venue rules / none, saturation throughput": round(
+            throughput("saturation, venue rules") / throughput("saturation"), 2),
         "cpu per message service/baseline, 5000 msg/s": cpu_ratio("5000 msg/s"),
         "cpu per message service/baseline, 1000 feeds x 10 msg/s": cpu_ratio(
             "1000 feeds x 10 msg/s"),
