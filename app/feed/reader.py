@@ -14,9 +14,12 @@ and retried with backoff.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import orjson
 import structlog
@@ -29,6 +32,7 @@ from app.errors import IngestError
 from app.feed.control import HeartbeatClock, SubscribeTracker, Verdict, describe_frame
 from app.feed.hook import Connector
 from app.feed.inflate import InflateError, TooLarge, inflate
+from app.feed.sequence import SequenceTracker
 from app.logs import RateLimiter
 from app.metrics import FeedMetrics
 from app.net import (
@@ -53,6 +57,8 @@ READ_BYTES = 16 * 1024
 """Bytes per socket read: websockets inflates every frame of a read at once, so this bounds
 what one read of highly compressed frames can cost (a 16 MiB frame compresses to no less than
 ~16 KB), and keeps one feed from holding the partition's loop."""
+OVERLAP_S = 10.0
+"""Longest a rotation's second connection may take to open, subscribe and deliver data."""
 KEPT_OF_TOO_LARGE = 1024
 """Bytes kept of a frame over max_message_bytes: the dead-letter record shows no more."""
 
@@ -101,6 +107,12 @@ class FeedReader:
         self._seq = 0
         self._last_frame_at = 0.0
         self._quiet = RateLimiter()
+        # Make before break: the rotation under way, the switch it made, the connection left.
+        self._rotation: _Rotation | None = None
+        self._switch: _Switch | None = None
+        self._retired: ClientConnection | None = None
+        self._catching_up = False
+        self._closing: set[asyncio.Task[object]] = set()
 
     def take(self) -> list[Frame]:
         """The frames read so far, in order; reading goes on into a fresh list."""
@@ -133,16 +145,55 @@ class FeedReader:
             self._metrics.invalid["too_large"].inc()
 
     async def _session(self, ws: ClientConnection) -> None:
+        """Serve this connection, then each one a rotation switched to, until one ends (its
+        exception goes to reconnect_forever: a plain reconnect, with backoff)."""
+        switched = await self._serve(ws, None)
+        while True:
+            try:
+                following = await self._serve(switched.ws, switched.session)
+            finally:
+                # Closing it waits for its closing handshake: not on the feed's time.
+                self._in_background(switched.opened.__aexit__(None, None, None))
+            switched = following
+
+    def _in_background(self, coroutine: Coroutine[Any, Any, object]) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    def rotate(self, ws: ClientConnection, reason: Literal["age", "notice"]) -> None:
+        """Make before break: open a second connection beside `ws`, switch to it once it
+        delivers data (see `_Rotation`). A rotation already under way is not started again."""
+        if self._rotation is None and self._retired is not ws:
+            self._rotation = _Rotation(self, ws, reason)
+
+    async def _rotate_when_old(self, ws: ClientConnection) -> None:
+        await asyncio.sleep(self.feed.rotate_after)
+        self.rotate(ws, "age")
+
+    def _switched(self, switch: _Switch) -> None:
+        """The rotation's second connection delivered data: it is the feed's connection now."""
+        self._rotation = None
+        self._switch = switch
+        self._retired = switch.old
+        self._metrics.rotations[switch.reason].inc()
+
+    async def _serve(self, ws: ClientConnection, session: _Session | None) -> _Switch:
+        """Read `ws` until it ends (its exception propagates) or a rotation replaced it (the
+        new connection is returned). `session` is None for a connection just opened: subscribe
+        first."""
         feed = self.feed
-        messages = self._subscribe
-        for message in messages:
-            await ws.send(message)
-        self._metrics.connects.inc()
-        self._health.seen()
-        self._log.info("source_connected", subscribed=len(messages), subprotocol=ws.subprotocol)
-        if self._sequence is not None:
-            self._sequence.reset()  # a new connection: a jump is not a gap
-        session = _Session(self, ws, len(messages))
+        if session is None:
+            messages = self._subscribe
+            for message in messages:
+                await ws.send(message)
+            self._metrics.connects.inc()
+            self._health.seen()
+            self._log.info("source_connected", subscribed=len(messages),
+                           subprotocol=ws.subprotocol)
+            if self._sequence is not None:
+                self._sequence.reset()  # a new connection: a jump is not a gap
+            session = _Session(self, ws, len(messages))
         loop = asyncio.get_running_loop()
         helpers = [loop.create_task(keepalive(ws, feed.ping_interval, feed.ping_timeout,
                                               self._log, on_pong=self._health.seen))]
@@ -150,13 +201,25 @@ class FeedReader:
             helpers.append(loop.create_task(self._watch_idle(ws)))
         if feed.heartbeat is not None or feed.subscribe_ack is not None:
             helpers.append(loop.create_task(session.keep_time()))
+        if feed.rotate_after:
+            helpers.append(loop.create_task(self._rotate_when_old(ws)))
         if session.subscribed:
             self._health.connected = True
         try:
             await (self._read_plain(ws) if self._plain else self._read(ws, session))
+        except (ConnectionClosed, _Retired):
+            if self._switch is not None and self._switch.old is ws:
+                switched, self._switch = self._switch, None
+                self._in_background(_drain(ws))
+                return switched
+            raise
         finally:
             for helper in helpers:
                 helper.cancel()
+            if self._rotation is not None and self._rotation.old is ws:
+                self._rotation.cancel()  # the first ended before the second took over
+                self._rotation = None
+        raise AssertionError("unreachable: the read loops only end by raising")
 
     async def _wait_for_room(self) -> None:
         if len(self._pending) >= self._options.batch_size or (
@@ -181,44 +244,64 @@ class FeedReader:
         while True:
             await self._wait_for_room()
             payload = await recv(decode)
+            if self._retired is ws:
+                raise _Retired
             self._last_frame_at = received_at = time.time()
             health.alive_at = time.monotonic()
             keep(payload, payload_size(payload), received_at)
 
     async def _read(self, ws: ClientConnection, session: _Session) -> None:
         """Frames through the feed's rules: inflate, classify, answer control, track data."""
-        feed, rules = self.feed, self._rules
         self._last_frame_at = time.time()
         while True:
             await self._wait_for_room()
             payload = await ws.recv(self._decode)
+            if self._retired is ws:
+                raise _Retired
             self._last_frame_at = received_at = time.time()
             self._health.alive_at = now = time.monotonic()
-            size = -1
-            if isinstance(payload, bytes) and feed.decompress != "none":
-                try:
-                    payload = inflate(payload, feed.decompress, feed.max_message_bytes)
-                except TooLarge:
-                    size = feed.max_message_bytes + 1  # how far it got: never inflated past
-                except InflateError:
-                    pass  # left as received: the envelope step counts it as `decode`
-            if size < 0:
-                verdict = rules.classify(payload) if rules else None
-                if verdict is not None:
-                    await session.on_control(verdict, payload, now)
-                    continue
-                size = payload_size(payload)
+            payload, size, verdict = self._inspect(payload)
+            if verdict is not None:
+                await session.on_control(verdict, payload, now)
+                continue
             session.on_data(now)
-            if (self._sequence or self._event_time) and size <= feed.max_message_bytes:
-                self._track(payload, received_at)
-            self._keep(payload, size, received_at)
+            self._take_data(payload, size, received_at)
 
-    def _track(self, payload: Payload, received_at: float) -> None:
-        """The venue's sequence (gaps) and event time (lag) of a data frame."""
+    def _inspect(self, payload: Payload) -> tuple[Payload, int, Verdict | None]:
+        """Inflate (if the feed says so) and classify a frame: (payload, size, verdict); a
+        verdict means a control frame, and a size over max_message_bytes a frame too large."""
+        feed = self.feed
+        if isinstance(payload, bytes) and feed.decompress != "none":
+            try:
+                payload = inflate(payload, feed.decompress, feed.max_message_bytes)
+            except TooLarge:
+                # how far it got: never inflated past
+                return payload, feed.max_message_bytes + 1, None
+            except InflateError:
+                pass  # left as received: the envelope step counts it as `decode`
+        verdict = self._rules.classify(payload) if self._rules else None
+        return payload, payload_size(payload), verdict
+
+    def _take_data(self, payload: Payload, size: int, received_at: float) -> None:
+        """A data frame: track its sequence and event time, then keep it (or, just after a
+        rotation, drop it if the connection before already forwarded its number)."""
+        tracked = self._sequence or self._event_time
+        if tracked and size <= self.feed.max_message_bytes and not self._track(
+                payload, received_at):
+            return
+        self._keep(payload, size, received_at)
+
+    def _track(self, payload: Payload, received_at: float) -> bool:
+        """The venue's sequence (gaps) and event time (lag) of a data frame; False for a frame
+        to drop: a number already forwarded, while a rotated connection catches up."""
         try:
             frame = orjson.loads(payload)
         except orjson.JSONDecodeError:
-            return  # invalid: the envelope step counts it
+            return True  # invalid: the envelope step counts it
+        if self._sequence is not None and self._catching_up:
+            if not self._sequence.is_new(frame):
+                return False
+            self._catching_up = False
         if self._event_time is not None:
             event_time = self._event_time.seconds(frame)
             if event_time is not None:
@@ -226,7 +309,7 @@ class FeedReader:
         if self._sequence is not None:
             step = self._sequence.observe(frame)
             if step is None or step.kind in ("first", "in_order"):
-                return
+                return True
             if step.kind == "gap":
                 self._metrics.upstream_gaps.inc()
                 self._metrics.upstream_missing.inc(step.missing)
@@ -234,6 +317,7 @@ class FeedReader:
                 self._log.warning(f"upstream_{step.kind}", scope=step.scope,
                                   expected=step.expected, received=step.received,
                                   suppressed=suppressed)
+        return True
 
     async def _watch_idle(self, ws: ClientConnection) -> None:
         idle = self.feed.idle_timeout
@@ -247,6 +331,133 @@ class FeedReader:
                 self._log.warning("source_idle", idle_timeout_s=idle)
                 await ws.close(CloseCode.NORMAL_CLOSURE, "idle timeout")
                 return
+
+
+class _Retired(Exception):
+    """Raised in a connection's read loop once a rotation replaced it."""
+
+
+@dataclass
+class _Switch:
+    """A rotation's outcome: the connection switched to, and the one it replaced."""
+
+    old: ClientConnection
+    ws: ClientConnection
+    opened: AbstractAsyncContextManager[ClientConnection]
+    session: _Session
+    reason: Literal["age", "notice"]
+
+
+class _Rotation:
+    """Make before break, for one feed: a second connection is opened and subscribed (and
+    acknowledged, with subscribe_ack) while the first still delivers; the first is closed with
+    1000 once the second delivers data.
+
+    Without `sequence`, the switch is the second connection's first data frame: what the first
+    would have delivered after it is not forwarded, and what the second delivered before it
+    (nothing: it is its first) cannot repeat; frames the two sent in different order around
+    that instant may be missed or repeated. With `sequence`, the second's data frames wait
+    until the first has forwarded a number at or just before theirs (the two overlap, per
+    scope), then only numbers not yet forwarded are kept: each upstream number once, `seq`
+    continuous. A second connection that cannot be opened, subscribed, or does not deliver
+    within OVERLAP_S leaves the first as it is (logged `source_rotation_failed`); when the
+    first ends, the feed reconnects as usual.
+    """
+
+    def __init__(self, reader: FeedReader, old: ClientConnection,
+                 reason: Literal["age", "notice"]) -> None:
+        self._reader, self.old, self._reason = reader, old, reason
+        self._log = reader._log.bind(rotation=reason)
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def cancel(self) -> None:
+        self._task.cancel()
+
+    async def _run(self) -> None:
+        reader = self._reader
+        self._log.info("source_rotating")
+        opened: AbstractAsyncContextManager[ClientConnection] | None = None
+        try:
+            attempt = await reader._connector.resolve()
+            opened = open_connection(attempt.endpoint, ClientConnection)
+            ws = await opened.__aenter__()
+            for message in attempt.subscribe:
+                await ws.send(message)
+            session = _Session(reader, ws, len(attempt.subscribe))
+            frames = await self._overlap(ws, session, time.monotonic() + OVERLAP_S)
+        except Exception as exc:  # the first connection goes on; a reconnect follows its end
+            self._log.warning("source_rotation_failed", error=repr(exc))
+            reader._rotation = None
+            if opened is not None:
+                await opened.__aexit__(None, None, None)
+            return
+        reader._switched(_Switch(self.old, ws, opened, session, self._reason))
+        if reader._sequence is not None:
+            reader._catching_up = True  # the second may still trail: drop what was forwarded
+        for payload, size, received_at in frames:
+            reader._take_data(payload, size, received_at)
+        self._log.info("source_rotated", handed_over=len(frames))
+        # The first's read loop stops at its next frame, or at this close, and drains it.
+        await self.old.close(CloseCode.NORMAL_CLOSURE, "rotated to a new connection")
+
+    async def _overlap(self, ws: ClientConnection, session: _Session,
+                       deadline: float) -> list[tuple[Payload, int, float]]:
+        """Read the second connection until it is time to switch; its data frames so far.
+        TimeoutError if it delivered none by the deadline."""
+        reader = self._reader
+        sequence = reader._sequence
+        waiting: list[tuple[Payload, int, float]] = []
+        first: dict[object, int] = {}  # per scope, the second's first number
+        while True:
+            try:
+                payload = await asyncio.wait_for(ws.recv(reader._decode),
+                                                 max(0.0, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                if waiting and session.subscribed:
+                    return waiting  # the first never caught up: switch, the gap is counted
+                raise
+            received_at = time.time()
+            payload, size, verdict = reader._inspect(payload)
+            if verdict is not None:
+                if verdict.kind != "notice":
+                    await session.on_control(verdict, payload, time.monotonic())
+                continue
+            waiting.append((payload, size, received_at))
+            if sequence is None or not session.subscribed:
+                if sequence is None:
+                    return waiting  # its first data frame: switch now
+                continue
+            scope, number = _position(sequence, payload)
+            if number is None:
+                return waiting
+            first.setdefault(scope, number)
+            if all(_reached(sequence.last(s), n) for s, n in first.items()):
+                return waiting  # the first has forwarded up to where the second begins
+            if len(waiting) >= reader._options.batch_size:
+                return waiting  # the first lags too far behind: switch, the gap is counted
+
+
+async def _drain(ws: ClientConnection) -> None:
+    """Read (and drop) what a retired connection still receives until it is closed: websockets
+    stops reading the socket when its queue is full, which would leave the peer's closing frame
+    unread until the close timeout."""
+    with contextlib.suppress(ConnectionClosed):
+        async for _ in ws:
+            pass
+
+
+def _reached(last: int | None, number: int) -> bool:
+    """Whether the first connection forwarded up to just before `number` (or nothing in that
+    scope: nothing to overlap with)."""
+    return last is None or last >= number - 1
+
+
+def _position(sequence: SequenceTracker, payload: Payload) -> tuple[object, int | None]:
+    """(scope, number) of a frame for the sequence tracker; (None, None) if it has none."""
+    try:
+        return sequence.position(orjson.loads(payload))
+    except orjson.JSONDecodeError:
+        return None, None
 
 
 class _Session:
@@ -287,9 +498,8 @@ class _Session:
             state = (self.tracker.acked() if kind == "ack" else self.tracker.refused(payload))
             self._subscription(state)
         elif kind == "notice":
-            # Until make-before-break lands, an announced close is met with a prompt reconnect.
-            self._log.warning("source_notice", frame=describe_frame(payload))
-            await self._ws.close(CloseCode.NORMAL_CLOSURE, "venue announced a close")
+            self._log.info("source_notice", frame=describe_frame(payload))
+            self._reader.rotate(self._ws, "notice")
 
     def _subscription(self, state: str) -> None:
         reader = self._reader

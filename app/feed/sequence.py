@@ -110,6 +110,11 @@ class SequenceTracker:
             return Step("gap", scope, number, expected, number - expected)
         return Step("duplicate" if number == last else "backwards", scope, number, expected)
 
+    def position(self, frame: Any) -> tuple[Any, int | None]:
+        """(scope key, number) of a frame; number None when it has none."""
+        scope, number = self._read(frame)
+        return _scope_key(scope), number
+
     def is_new(self, frame: Any) -> bool:
         scope, number = self._read(frame)
         if number is None:
