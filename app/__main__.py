@@ -28,6 +28,7 @@ from app.http import start_http_server
 from app.logs import configure_logging
 from app.metrics import Metrics
 from app.settings import Settings, load_settings
+from app.shutdown import StopSignal
 from app.status import ConnectionStatus
 from app.transform import Transform, load_transform
 
@@ -142,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
 
     configure_logging(settings.log_level, settings.log_format)
     log = structlog.get_logger("app")
-    stopping = threading.Event()
+    stopping = StopSignal()
     install_signal_handlers(stopping)
     status = ConnectionStatus()
     metrics = Metrics()

@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 from app.flow import build_flow
 from app.metrics import Metrics
 from app.settings import ENV_PREFIX, Settings
+from app.shutdown import StopSignal
 from app.status import ConnectionStatus
 from app.transform import load_transform
 from support.servers import Sink, WsServer
@@ -67,7 +68,7 @@ class InProcess:
         settings = Settings(_env_file=None, **fields)
         self.registry = CollectorRegistry()
         self.status = ConnectionStatus()
-        self.stopping = threading.Event()
+        self.stopping = StopSignal()
         self.error: BaseException | None = None
         self._logs = structlog.testing.capture_logs()
         self._captured = self._logs.__enter__()
