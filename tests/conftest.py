@@ -46,8 +46,9 @@ def service() -> Iterator[Callable[..., Service]]:
     """Factory for `python -m app` processes, killed at the end of the test if still running."""
     started: list[Service] = []
 
-    def start(env: dict[str, str], *args: str) -> Service:
-        process = Service(env, args)
+    def start(env: dict[str, str], *args: str,
+              preexec: Callable[[], None] | None = None) -> Service:
+        process = Service(env, args, preexec=preexec)
         started.append(process)
         return process
 
