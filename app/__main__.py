@@ -23,8 +23,9 @@ import structlog
 from bytewax.run import cli_main as _untyped_cli_main
 
 from app.errors import ConfigError, IngestError
+from app.fds import FdLimit, descriptors_needed, ensure_fd_limit
 from app.flow import build_flow
-from app.http import start_http_server
+from app.http import HttpLimits, start_http_server
 from app.logs import configure_logging
 from app.metrics import Metrics
 from app.settings import Settings, load_settings
@@ -130,6 +131,13 @@ def _cause(error: BaseException, kind: type[E]) -> E | None:
     return None
 
 
+def check_fd_limit(settings: Settings, cluster: Cluster) -> FdLimit:
+    """Enough file descriptors for every feed (at most all of them on this process)?"""
+    sinks = 2 if settings.on_invalid == "dead-letter" else 1
+    return ensure_fd_limit(descriptors_needed(
+        len(settings.feeds), cluster.workers, sinks, HttpLimits().max_connections))
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args, settings, transform, cluster = _configure(argv)
@@ -140,9 +148,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.check_config:
         print(json.dumps({**settings.masked(), "cluster": cluster.__dict__}, indent=2))
         return 0
+    try:
+        fds = check_fd_limit(settings, cluster)
+    except ConfigError as error:
+        print(*error.problems, sep="\n", file=sys.stderr)
+        return 2
 
     configure_logging(settings.log_level, settings.log_format)
     log = structlog.get_logger("app")
+    if fds.raised_from is not None:
+        log.info("fd_limit_raised", needed=fds.needed, soft=fds.soft, was=fds.raised_from)
     stopping = StopSignal()
     install_signal_handlers(stopping)
     status = ConnectionStatus()
