@@ -26,6 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, 
 
 from app.status import ConnectionStatus
 
+SEND_SLICE_BYTES = 65_536
 REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
            408: "Request Timeout", 431: "Request Header Fields Too Large",
            500: "Internal Server Error", 503: "Service Unavailable"}
@@ -107,14 +108,16 @@ class HttpServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if not self._admit(writer):
-            self._write(writer, 503, "text/plain", b"too many connections\n", head=False)
+            writer.write(self._head(503, "text/plain", len(b"too many connections\n")))
+            writer.write(b"too many connections\n")
             writer.close()  # after the reply leaves; nothing more is read
             return
         try:
             code, content_type, body, head = await self._answer(reader, writer)
             if not writer.transport.is_closing():  # else closed to make room, or by the client
-                self._write(writer, code, content_type, body, head)
-                await asyncio.wait_for(writer.drain(), self._limits.write_timeout_s)
+                writer.write(self._head(code, content_type, len(body)))
+                await asyncio.wait_for(self._send(writer, b"" if head else body),
+                                       self._limits.write_timeout_s)
                 writer.close()
         except (ConnectionError, asyncio.TimeoutError):
             pass  # a client that went away, or does not take its reply
@@ -175,16 +178,23 @@ class HttpServer:
         return 404, "text/plain", b"not found\n"
 
     @staticmethod
-    def _write(writer: asyncio.StreamWriter, code: int, content_type: str, body: bytes,
-               head: bool) -> None:
+    def _head(code: int, content_type: str, length: int) -> bytes:
         lines = [f"HTTP/1.1 {code} {REASONS[code]}", f"Content-Type: {content_type}",
-                 f"Content-Length: {len(body)}", "Connection: close"]
+                 f"Content-Length: {length}", "Connection: close"]
         if code == 405:
             lines.append("Allow: GET, HEAD")
-        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
-        if not head:
-            writer.write(body)
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
+    @staticmethod
+    async def _send(writer: asyncio.StreamWriter, body: bytes) -> None:
+        """In slices, each once the socket took the last: what the kernel has not taken is
+        copied into the transport's buffer, and a large body (7 MB for 1 000 feeds) to each of
+        `max_connections` slow clients would otherwise be that many copies."""
+        view = memoryview(body)
+        for start in range(0, len(body), SEND_SLICE_BYTES):
+            writer.write(view[start:start + SEND_SLICE_BYTES])
+            await writer.drain()
+        await writer.drain()
 
 def start_http_server(host: str, port: int, status: ConnectionStatus,
                       registry: CollectorRegistry = REGISTRY,
