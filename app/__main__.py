@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     log = structlog.get_logger("app")
     if fds.raised_from is not None:
         log.info("fd_limit_raised", needed=fds.needed, soft=fds.soft, was=fds.raised_from)
-    stopping = StopSignal()
+    stopping = StopSignal(settings.shutdown_timeout_ms / 1000)
     install_signal_handlers(stopping)
     status = ConnectionStatus()
     metrics = Metrics()

@@ -89,6 +89,9 @@ async def close_within(ws: ClientConnection, timeout: float,
         await asyncio.wait_for(ws.close(code, reason), max(MIN_CLOSE_S, timeout))
     except asyncio.TimeoutError:
         ws.transport.abort()
+    except asyncio.CancelledError:  # told to hurry (a stop's deadline): cut off now
+        ws.transport.abort()
+        raise
 
 
 class BatchingConnection(ClientConnection):

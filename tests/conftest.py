@@ -69,7 +69,7 @@ class InProcess:
         settings = Settings(_env_file=None, **fields)
         self.registry = CollectorRegistry()
         self.status = ConnectionStatus()
-        self.stopping = StopSignal()
+        self.stopping = StopSignal(settings.shutdown_timeout_ms / 1000)
         self.error: BaseException | None = None
         self._logs = structlog.testing.capture_logs()
         self._captured = self._logs.__enter__()

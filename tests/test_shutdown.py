@@ -31,6 +31,7 @@ def stop_and_time(app) -> float:
     code = app.terminate(timeout=BOUND_S + 10)  # generous kill deadline: measure, then assert
     elapsed = time.monotonic() - started
     assert code == 0, app.stderr()
+    print(f"exit {elapsed:.2f} s after SIGTERM")  # shown with -rP
     return elapsed
 
 
