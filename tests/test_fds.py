@@ -9,6 +9,7 @@ import sys
 
 from app.fds import HTTP_BASE, PER_FEED, PER_SINK_PARTITION, PER_SOURCE_PARTITION, STDIO
 from support.service import ROOT
+from support.wait import wait_until
 
 
 def limit(soft: int, hard: int):  # type: ignore[no-untyped-def]
@@ -35,7 +36,10 @@ def test_a_low_soft_limit_is_raised_and_every_feed_connects_with_one_descriptor(
     app = service({"INGEST_SOURCE_URLS": ",".join(f"{server.url}/{i}" for i in range(feeds)),
                    "INGEST_SINK_URL": sink.url, "INGEST_WORKERS": str(workers)},
                   preexec=limit(64, 4096))
-    app.wait_ready()  # every feed and the sink connected, with more than 64 descriptors
+    app.wait_ready()
+    # /readyz can say ready before every partition registered its feeds: count them up.
+    wait_until(lambda: sum(value for (name, _), value in app.metrics().items()
+                           if name == "ingest_source_up") == feeds, 20)
     raised = [e for e in app.logs() if e["event"] == "fd_limit_raised"]
     assert [(e["was"], e["soft"]) for e in raised] == [(64, 4096)]
     with open(f"/proc/{app.process.pid}/limits") as limits:
