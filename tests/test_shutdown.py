@@ -36,7 +36,9 @@ def stop_and_time(app) -> float:
 
 
 def unsent(app) -> int:
-    return sum(e["messages"] for e in app.logs() if e["event"] == "sink_unsent_at_shutdown")
+    lines = [e for e in app.logs() if e["event"] == "sink_unsent_at_shutdown"]
+    assert all(0 < e["messages"] <= e["of"] for e in lines), lines
+    return sum(e["messages"] for e in lines)
 
 
 @pytest.mark.parametrize("confirm", ["ping", "none"])

@@ -176,10 +176,13 @@ class _SinkConnection:
         """
         confirmed = 0
         while confirmed < len(frames):
-            self._remaining(0)
-            ws = await self._open_connection()
             try:
+                self._remaining(0)
+                ws = await self._open_connection()
                 confirmed = await self._send(ws, frames, confirmed)
+            except ShutdownTimeout as timeout:
+                timeout.unconfirmed = frames[confirmed:]
+                raise
             except _Unconfirmed as failed:
                 await self._after_failure(ws, frames, confirmed, failed)
                 if failed.confirmed > confirmed:
@@ -277,6 +280,21 @@ class _SinkConnection:
             await asyncio.gather(self._keeper, return_exceptions=True)
 
 
+def _messages_in(last_frames: list[bytes], messages: list[bytes], framing: str) -> int:
+    """How many of `messages` the frames at the end of their framing hold: a batch frame of k
+    messages is `[` + the k joined by `,` + `]`, i.e. the sum of (len + 1) over them, + 1."""
+    if framing == "message":
+        return len(last_frames)
+    remaining = sum(map(len, last_frames)) - len(last_frames)
+    count = 0
+    for message in reversed(messages):
+        if remaining <= 0:
+            break
+        remaining -= len(message) + 1
+        count += 1
+    return count
+
+
 def _too_big(cause: BaseException) -> bool:
     return (isinstance(cause, ConnectionClosed) and cause.rcvd is not None
             and cause.rcvd.code == CloseCode.MESSAGE_TOO_BIG)
@@ -321,9 +339,10 @@ class _SinkPartition(StatelessSinkPartition[Encoded]):
         try:
             self._run(self._connection.write(
                 frames_for(messages, self._framing, self._max_message_bytes)))
-        except ShutdownTimeout:
+        except ShutdownTimeout as timeout:
             # Nothing more can be done: say exactly what did not reach the sink.
-            self._log.error("sink_unsent_at_shutdown", messages=len(messages))
+            unsent = _messages_in(timeout.unconfirmed, messages, self._framing)
+            self._log.error("sink_unsent_at_shutdown", messages=unsent, of=len(messages))
             return
         finished = time.time()
         self._metrics.sink_write_seconds.observe(time.perf_counter() - started)
