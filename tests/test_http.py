@@ -154,3 +154,29 @@ def test_idle_connections_do_not_starve_the_service(sink, servers, service):
         for sock in idle:
             sock.close()
     assert app.terminate() == 0
+
+
+def test_a_client_that_does_not_take_its_reply_is_cut_off_after_the_write_timeout():
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    for i in range(1000):  # a 7 MB body: more than the sockets' buffers hold
+        metrics.feed(f"feed-{i}")
+    server = start_http_server("127.0.0.1", 0, ConnectionStatus(), registry,
+                               HttpLimits(write_timeout_s=0.5))
+    try:
+        with socket.socket() as slow:
+            slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            slow.connect(("127.0.0.1", server.port))
+            slow.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+
+            def reset() -> bool:
+                try:  # a byte more: refused once the server cut the connection
+                    slow.send(b"\n")
+                except (ConnectionResetError, BrokenPipeError):
+                    return True
+                return False
+
+            wait_until(reset, 10)
+        assert request(server.port, "GET", "/healthz")[0] == 503  # still serving
+    finally:
+        server.shutdown()
