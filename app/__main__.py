@@ -31,12 +31,14 @@ from dotenv import dotenv_values
 
 from app.configdoc import help_text
 from app.errors import ConfigError, IngestError
+from app.fds import FdLimit, descriptors_needed, ensure_fd_limit
 from app.feed.hook import load_connect_hooks
 from app.flow import build_flow
-from app.http import start_http_server
+from app.http import HttpLimits, start_http_server
 from app.logs import capture_native_stdout, configure_logging
 from app.metrics import Metrics
 from app.settings import Settings, load_settings
+from app.shutdown import StopSignal
 from app.status import ConnectionStatus
 from app.tls import check_tls
 from app.transform import Transform, load_transform
@@ -227,6 +229,13 @@ def _cluster_port_problem(error: BaseException, cluster: Cluster) -> str | None:
             f"({found.group(1).lower()}): is another process using that port?")
 
 
+def check_fd_limit(settings: Settings, cluster: Cluster) -> FdLimit:
+    """Enough file descriptors for every feed (at most all of them on this process)?"""
+    sinks = 2 if settings.on_invalid == "dead-letter" else 1
+    return ensure_fd_limit(descriptors_needed(
+        len(settings.feeds), cluster.workers, sinks, HttpLimits().max_connections))
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args, settings, transform, cluster = _configure(argv)
@@ -237,11 +246,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.check_config:
         print(json.dumps({**settings.masked(), "cluster": cluster.__dict__}, indent=2))
         return 0
+    try:
+        fds = check_fd_limit(settings, cluster)
+    except ConfigError as error:
+        print(*error.problems, sep="\n", file=sys.stderr)
+        return 2
 
     capture_native_stdout()
     configure_logging(settings.log_level, settings.log_format)
     log = structlog.get_logger("app")
-    stopping = threading.Event()
+    if fds.raised_from is not None:
+        log.info("fd_limit_raised", needed=fds.needed, soft=fds.soft, was=fds.raised_from)
+    stopping = StopSignal(settings.shutdown_timeout_ms / 1000)
     status = ConnectionStatus(feed.name for feed in settings.feeds)
     install_signal_handlers(stopping, status)
     metrics = Metrics()

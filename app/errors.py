@@ -42,3 +42,7 @@ class ConnectHookError(IngestError):
 
 class ShutdownTimeout(IngestError):
     """The sink was still unreachable when the shutdown grace period ran out."""
+
+    def __init__(self, unconfirmed: list[bytes] | None = None) -> None:
+        super().__init__("shutdown timeout")
+        self.unconfirmed = unconfirmed or []  # the frames of the batch not confirmed

@@ -2,19 +2,40 @@
 
 Console rendering on a terminal, JSON lines otherwise (INGEST_LOG_FORMAT). Errors (ERROR and
 above) go to stderr, everything else to stdout; what native code prints on stdout (timely's
-"error connecting to worker 0 ...; retrying" while a cluster forms) joins the same pipeline.
+"error connecting to worker 0 ...; retrying" while a cluster forms) joins the same pipeline. No
+URL password reaches a line: every rendered line is masked last, whatever carried the URL (an
+event field, an exception's text, a traceback, a record of the standard library's).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import structlog
+
+_URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^\s/?#@:'\"]*):[^\s/?#'\"]*@")
+"""`scheme://user:password@`; greedy to the last @ of the authority, as urlsplit reads it."""
+
+
+def mask_passwords(text: str) -> str:
+    """`text` with the password of every URL in it replaced by ***."""
+    return _URL_PASSWORD.sub(r"\1:***@", text) if "@" in text else text
+
+
+def _masked(renderer: structlog.typing.Processor) -> structlog.typing.Processor:
+    """The renderer, then `mask_passwords` over the line it rendered."""
+    def render(logger: Any, name: str, event: structlog.typing.EventDict) -> str:
+        line = renderer(logger, name, event)
+        return mask_passwords(line if isinstance(line, str) else str(line))
+
+    return render
 
 
 def configure_logging(level: str = "info", fmt: str = "auto") -> None:
@@ -42,7 +63,7 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             # JSON carries a traceback as a string; the console renderer prints it itself.
             *([structlog.processors.format_exc_info] if fmt == "json" else []),
-            renderer,
+            _masked(renderer),
         ],
     )
     below_error = logging.StreamHandler(sys.stdout)

@@ -36,6 +36,12 @@ from app.logs import RateLimiter
 from app.retry import RESET_AFTER_S, Backoff, Failure, classify_failure, parse_retry_after
 
 CLOSE_TIMEOUT_S = 2.0
+STOP_CLOSE_TIMEOUT_S = 1.0
+"""On a deliberate stop, the longest wait for a peer to finish the closing handshake: a feed that
+floods a socket we no longer read cannot get its close frame to us, and a process must exit
+within INGEST_SHUTDOWN_TIMEOUT_MS + 2 s whatever its peers do."""
+MIN_CLOSE_S = 0.05
+"""Even past a deadline, time to hand the close frame to the socket before aborting."""
 C = TypeVar("C", bound=ClientConnection)
 Logger = structlog.typing.FilteringBoundLogger
 
@@ -73,8 +79,10 @@ def proxy_option(setting: str | None) -> str | Literal[True] | None:
 async def open_connection(
     endpoint: Endpoint, connection_class: type[C], *, ping_interval: float | None = None,
     ping_timeout: float | None = None,
+    stop_close_timeout: Callable[[], float] = lambda: STOP_CLOSE_TIMEOUT_S,
 ) -> AsyncIterator[C]:
-    """`websockets.connect`, but a cancelled body (a deliberate stop) closes with 1000.
+    """`websockets.connect`, but a cancelled body (a deliberate stop) closes with 1000, waiting
+    at most `stop_close_timeout()` seconds for the closing handshake.
 
     websockets closes with 1011 (internal error) whenever the body raises, cancellation included.
     """
@@ -95,7 +103,7 @@ async def open_connection(
         try:
             yield cast(C, ws)  # websockets built it with connection_class
         except asyncio.CancelledError:
-            await ws.close(CloseCode.NORMAL_CLOSURE)
+            await close_within(ws, stop_close_timeout())
             raise
 
 
@@ -136,6 +144,22 @@ class _MaskKeys:
 
 _MASK_KEYS = _MaskKeys()
 setattr(websockets.frames, "secrets", _MASK_KEYS)  # noqa: B010 (a module global, on purpose)
+
+
+async def close_within(ws: ClientConnection, timeout: float,
+                       code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
+    """Close with `code`; after `timeout` seconds, abort the TCP connection.
+
+    `ws.close()` alone can wait forever: it first waits for the socket to take the close frame,
+    which a peer that stopped reading never allows (close_timeout counts only after that).
+    """
+    try:
+        await asyncio.wait_for(ws.close(code, reason), max(MIN_CLOSE_S, timeout))
+    except asyncio.TimeoutError:
+        ws.transport.abort()
+    except asyncio.CancelledError:  # told to hurry (a stop's deadline): cut off now
+        ws.transport.abort()
+        raise
 
 
 class BatchingConnection(ClientConnection):

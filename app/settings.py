@@ -56,8 +56,17 @@ Confirm = Literal["ping", "none", "ack"]
 def _check_ws_url(url: str) -> str:
     if not url.startswith(("ws://", "wss://")):
         raise ValueError("must start with ws:// or wss://")
-    if not urlsplit(url).hostname:
+    parts = urlsplit(url)
+    if not parts.hostname:
         raise ValueError("has no host")
+    if "#" in url:  # websockets would refuse it at every attempt, the URL in its message
+        raise ValueError("must not have a #fragment (RFC 6455)")
+    try:
+        port = parts.port
+    except ValueError:  # not a number, or out of range
+        port = 0
+    if port == 0:
+        raise ValueError("has a bad port (a number from 1 to 65535)")
     return url
 
 
@@ -75,9 +84,7 @@ def mask_url(url: str) -> str:
     parts = urlsplit(url)
     if parts.password is None:
         return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
+    host = parts.netloc.rpartition("@")[2]  # as written: [IPv6] brackets and port included
     return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
 
@@ -274,6 +281,10 @@ class FeedSettings(BaseModel):
             raise ValueError(f"must be a URL with scheme {', '.join(_PROXY_SCHEMES)}, or none")
         if not parts.hostname:
             raise ValueError("has no host")
+        try:
+            parts.port  # noqa: B018 (raises on a port that is not a number from 0 to 65535)
+        except ValueError:
+            raise ValueError("has a bad port (a number from 1 to 65535)") from None
         return value.strip()
 
     @model_validator(mode="after")
@@ -471,7 +482,7 @@ class Settings(BaseSettings):
         data = self.model_dump(mode="json", exclude={"sources", "source_urls"})
         data["feeds"] = [feed.model_dump(mode="json") for feed in self.feeds]
         for item in (data, *data["feeds"]):
-            for key in ("url", "sink_url", "dead_letter_url"):
+            for key in ("url", "sink_url", "dead_letter_url", "proxy"):
                 if item.get(key):
                     item[key] = mask_url(item[key])
         return data

@@ -11,6 +11,7 @@ import sys
 import tempfile
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +61,9 @@ def http_get(url: str, timeout: float = 5) -> tuple[int, bytes]:
 class Service:
     """One `python -m app` process; its output goes to files so it never blocks on a pipe."""
 
-    def __init__(self, env: dict[str, str], args: tuple[str, ...] = (), cwd: Path | None = None):
+    def __init__(self, env: dict[str, str], args: tuple[str, ...] = (), cwd: Path | None = None,
+                 preexec: Callable[[], None] | None = None):
+        """`preexec` runs in the child before `python -m app` (e.g. to lower a resource limit)."""
         self.port = int(env.get("INGEST_METRICS_PORT") or free_port())
         env.setdefault("INGEST_METRICS_PORT", str(self.port))
         self.port += int(env.get("BYTEWAX_PROCESS_ID") or 0)  # process i serves on port + i
@@ -81,7 +84,7 @@ class Service:
         self._stop_sent = False
         self.process = subprocess.Popen(
             [sys.executable, "-m", "app", *args], env=full_env, cwd=cwd or ROOT,
-            stdout=self._out, stderr=self._err, stdin=subprocess.DEVNULL)
+            stdout=self._out, stderr=self._err, stdin=subprocess.DEVNULL, preexec_fn=preexec)
 
     @property
     def base(self) -> str:

@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 from app.flow import build_flow
 from app.metrics import Metrics
 from app.settings import ENV_PREFIX, Settings
+from app.shutdown import StopSignal
 from app.status import ConnectionStatus
 from app.transform import load_transform
 from support.servers import Sink, WsServer
@@ -45,8 +46,9 @@ def service() -> Iterator[Callable[..., Service]]:
     """Factory for `python -m app` processes, killed at the end of the test if still running."""
     started: list[Service] = []
 
-    def start(env: dict[str, str], *args: str) -> Service:
-        process = Service(env, args)
+    def start(env: dict[str, str], *args: str,
+              preexec: Callable[[], None] | None = None) -> Service:
+        process = Service(env, args, preexec=preexec)
         started.append(process)
         return process
 
@@ -67,7 +69,7 @@ class InProcess:
         settings = Settings(_env_file=None, **fields)
         self.registry = CollectorRegistry()
         self.status = ConnectionStatus()
-        self.stopping = threading.Event()
+        self.stopping = StopSignal(settings.shutdown_timeout_ms / 1000)
         self.error: BaseException | None = None
         self._logs = structlog.testing.capture_logs()
         self._captured = self._logs.__enter__()

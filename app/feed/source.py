@@ -27,7 +27,9 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition, batc
 from app.envelope import Chunk, Poll
 from app.feed.reader import FeedReader
 from app.metrics import Metrics
+from app.net import MIN_CLOSE_S, STOP_CLOSE_TIMEOUT_S
 from app.settings import FeedSettings, SourceOptions
+from app.shutdown import time_left
 from app.status import ConnectionStatus
 
 
@@ -103,16 +105,26 @@ class _FeedsPartition(StatefulSourcePartition[Poll, None]):
         if self._stopped:
             raise StopIteration
         self._stopped = True
-        self._loop.run_until_complete(self._cancel_all())
+        # Closing waits for no feed past the shutdown deadline (shared with the sink's flush).
+        budget = STOP_CLOSE_TIMEOUT_S
+        left = time_left(self._stopping)
+        if left is not None:
+            budget = max(MIN_CLOSE_S, min(budget, left))
+        self._loop.run_until_complete(self._cancel_all(budget))
         chunks = self._take()
         self._log.info("source_stopped", handed_over=sum(len(c.frames) for c in chunks))
         return [chunks] if chunks else []
 
-    async def _cancel_all(self) -> None:
-        """Cancel every task of this loop (readers close their connections with 1000)."""
+    async def _cancel_all(self, timeout: float | None = None) -> None:
+        """Cancel every task of this loop (readers close their connections with 1000); after
+        `timeout`, cancel again: a reader still closing aborts its connection."""
         tasks = asyncio.all_tasks() - {asyncio.current_task()}
         for task in tasks:
             task.cancel()
+        if tasks and timeout is not None:
+            _, closing = await asyncio.wait(tasks, timeout=timeout)
+            for task in closing:
+                task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
     def next_awake(self) -> datetime | None:

@@ -14,7 +14,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import structlog
@@ -30,11 +30,13 @@ from app.net import (
     CLOSE_TIMEOUT_S,
     BatchingConnection,
     Endpoint,
+    close_within,
     describe_close,
     open_connection,
     reconnect_forever,
 )
 from app.settings import SinkOptions, mask_url
+from app.shutdown import stopped_at
 from app.sink.framing import chunks, frames_for
 from app.status import ConnectionStatus
 from app.tls import client_context, warn_if_unverified
@@ -44,6 +46,7 @@ CHUNK_FRAMES = 500
 """Most frames confirmed together; a resend starts at the first chunk not confirmed."""
 CHUNK_BYTES = 1_048_576
 OnWritten = Callable[[list[Encoded], float], None]
+T = TypeVar("T")
 
 
 class _Unconfirmed(Exception):
@@ -87,7 +90,7 @@ class _SinkConnection:
         await reconnect_forever(
             lambda: open_connection(
                 self._endpoint, BatchingConnection, ping_interval=options.ping_interval_s,
-                ping_timeout=options.ping_timeout_s),
+                ping_timeout=options.ping_timeout_s, stop_close_timeout=self._close_budget),
             self._session, backoff=options.reconnect, log=self._log, event_prefix="sink",
             on_down=lambda: self._status.set_sink(self._status_key, False))
 
@@ -115,12 +118,43 @@ class _SinkConnection:
         deadline): every wait of a stopping sink ends within shutdown_timeout_s in all."""
         if not self._stopping.is_set():
             return wait_s
-        if self._stop_deadline is None:
-            self._stop_deadline = time.monotonic() + self._options.shutdown_timeout_s
-        left = self._stop_deadline - time.monotonic()
+        left = self._left()
         if left <= 0:
             raise ShutdownTimeout
         return min(wait_s, left)
+
+    def _left(self) -> float:
+        """Seconds to the stop deadline (stopping must be set): counted from the moment the
+        stop was requested, shared with every other sink of the process."""
+        if self._stop_deadline is None:
+            started = stopped_at(self._stopping) or time.monotonic()
+            self._stop_deadline = started + self._options.shutdown_timeout_s
+        return self._stop_deadline - time.monotonic()
+
+    def _close_budget(self) -> float:
+        """How long closing may wait for the sink: CLOSE_TIMEOUT_S, less near the deadline."""
+        if not self._stopping.is_set():
+            return CLOSE_TIMEOUT_S
+        return min(CLOSE_TIMEOUT_S, self._left())
+
+    async def _bounded(self, awaitable: Awaitable[T], wait_s: float | None = None) -> T:
+        """`awaitable`'s result; TimeoutError after `wait_s`; ShutdownTimeout at the stop
+        deadline. Writes and pings wait for the socket to take their data, which a sink that
+        stopped reading never does: only this bounds them."""
+        task = asyncio.ensure_future(awaitable)
+        limit = None if wait_s is None else time.monotonic() + wait_s
+        try:
+            while True:
+                step = WAIT_STEP_S if limit is None else min(WAIT_STEP_S,
+                                                             limit - time.monotonic())
+                if step <= 0:
+                    raise TimeoutError
+                done, _ = await asyncio.wait({task}, timeout=self._remaining(step))
+                if done:
+                    return task.result()
+        finally:
+            if not task.done():
+                task.cancel()
 
     async def _open_connection(self) -> BatchingConnection:
         """The open connection, waiting for one (and for the stop deadline)."""
@@ -145,10 +179,13 @@ class _SinkConnection:
         """
         confirmed = 0
         while confirmed < len(frames):
-            self._remaining(0)
-            ws = await self._open_connection()
             try:
+                self._remaining(0)
+                ws = await self._open_connection()
                 confirmed = await self._send(ws, frames, confirmed)
+            except ShutdownTimeout as timeout:
+                timeout.unconfirmed = frames[confirmed:]
+                raise
             except _Unconfirmed as failed:
                 await self._after_failure(ws, frames, confirmed, failed)
                 if failed.confirmed > confirmed:
@@ -166,9 +203,9 @@ class _SinkConnection:
         done = start
         try:
             for begin, end in chunks(frames, start, self._chunk_frames, CHUNK_BYTES):
-                await ws.send_texts(frames[begin:end])
+                await self._bounded(ws.send_texts(frames[begin:end]))
                 if confirm == "ping":
-                    pending.append((end, await ws.ping()))
+                    pending.append((end, await self._bounded(ws.ping())))
                 elif confirm == "ack":
                     self._written += end - begin
                     pending.append((end, self._written))
@@ -178,14 +215,28 @@ class _SinkConnection:
                 if isinstance(token, int):
                     await self._wait_acked(ws, token)
                 else:
-                    timeout = self._remaining(self._options.ping_timeout_s)
-                    await asyncio.wait_for(token, timeout)
+                    await self._bounded(token, self._options.ping_timeout_s)
                 done = end
         except (ShutdownTimeout, asyncio.CancelledError):
             raise
         except Exception as exc:
-            raise _Unconfirmed(done, exc) from exc
+            raise _Unconfirmed(self._confirmed(pending, done), exc) from exc
         return len(frames)
+
+    def _confirmed(self, pending: list[tuple[int, Awaitable[float] | int]], done: int) -> int:
+        """Where the confirmed prefix ends, counting confirmations that arrived while later
+        chunks were being sent (a sink may close right after acknowledging)."""
+        for end, token in pending:
+            if end <= done:
+                continue
+            if isinstance(token, int):
+                if self._acked < token:
+                    break
+            elif not (isinstance(token, asyncio.Future) and token.done()
+                      and not token.cancelled() and token.exception() is None):
+                break
+            done = end
+        return done
 
     async def _wait_acked(self, ws: BatchingConnection, count: int) -> None:
         """Until the sink acknowledged `count` frames of this connection; ConnectionError if
@@ -207,13 +258,10 @@ class _SinkConnection:
         unsent = len(frames) - failed.confirmed
         self._log.warning("sink_write_failed", unsent=unsent,
                           confirmed=failed.confirmed - confirmed, **describe_close(failed.cause))
-        if ws.state is State.OPEN:  # a confirmation that never came: the connection is unusable
-            await ws.close(CloseCode.INTERNAL_ERROR, "confirmation timeout")
+        # A confirmation that never came: the connection is unusable. A peer that does not
+        # finish the closing handshake (or does not read at all) is cut off after the timeout.
         timeout = self._remaining(CLOSE_TIMEOUT_S)
-        try:
-            await asyncio.wait_for(ws.wait_closed(), timeout)
-        except asyncio.TimeoutError:  # a peer that does not finish the closing handshake
-            ws.transport.abort()
+        await close_within(ws, timeout, CloseCode.INTERNAL_ERROR, "confirmation timeout")
 
     def _refused(self, frames: list[bytes], index: int) -> int:
         """The sink closed with 1009 (message too big): find the frame it refuses by sending one
@@ -233,6 +281,21 @@ class _SinkConnection:
         if self._keeper is not None:
             self._keeper.cancel()
             await asyncio.gather(self._keeper, return_exceptions=True)
+
+
+def _messages_in(last_frames: list[bytes], messages: list[bytes], framing: str) -> int:
+    """How many of `messages` the frames at the end of their framing hold: a batch frame of k
+    messages is `[` + the k joined by `,` + `]`, i.e. the sum of (len + 1) over them, + 1."""
+    if framing == "message":
+        return len(last_frames)
+    remaining = sum(map(len, last_frames)) - len(last_frames)
+    count = 0
+    for message in reversed(messages):
+        if remaining <= 0:
+            break
+        remaining -= len(message) + 1
+        count += 1
+    return count
 
 
 def _too_big(cause: BaseException) -> bool:
@@ -280,9 +343,10 @@ class _SinkPartition(StatelessSinkPartition[list[Encoded]]):
         try:
             self._run(self._connection.write(
                 frames_for(messages, self._framing, self._max_message_bytes)))
-        except ShutdownTimeout:
+        except ShutdownTimeout as timeout:
             # Nothing more can be done: say exactly what did not reach the sink.
-            self._log.error("sink_unsent_at_shutdown", messages=len(messages))
+            unsent = _messages_in(timeout.unconfirmed, messages, self._framing)
+            self._log.error("sink_unsent_at_shutdown", messages=unsent, of=len(messages))
             return
         finished = time.time()
         self._metrics.sink_write_seconds.observe(time.perf_counter() - started)
