@@ -258,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     if fds.raised_from is not None:
         log.info("fd_limit_raised", needed=fds.needed, soft=fds.soft, was=fds.raised_from)
     stopping = StopSignal(settings.shutdown_timeout_ms / 1000)
-    status = ConnectionStatus(feed.name for feed in settings.feeds)
+    status = ConnectionStatus((feed.name for feed in settings.feeds),
+                              all_local=cluster.addresses is None)
     install_signal_handlers(stopping, status)
     metrics = Metrics()
     port = settings.metrics_port + (cluster.process_id or 0)

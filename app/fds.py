@@ -4,7 +4,8 @@ Measured with /proc/<pid>/fd (200 feeds, 1 and 2 workers): one socket per feed (
 reads all its feeds in one event loop), 3 per source partition (its loop: an epoll descriptor
 and a self-pipe pair), 4 per sink partition (its loop and its socket), the same again per worker
 for the dead-letter sink, 4 for the HTTP server's loop and listening socket plus one per HTTP
-connection (at most `HttpLimits.max_connections`), and 3 for stdin, stdout and stderr.
+connection (at most `HttpLimits.max_connections`), 3 for stdin, stdout and stderr, and 2 for
+the relay of what native code prints on stdout (a pipe, and the saved real stdout).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ PER_FEED = 1
 PER_SOURCE_PARTITION = 3
 PER_SINK_PARTITION = 4
 HTTP_BASE = 4
-STDIO = 3
+STDIO = 3 + 2  # and the native-stdout relay
 MARGIN = 32
 """Room for what is not counted: a reconnect's overlap, the cluster's connections, files."""
 

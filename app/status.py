@@ -41,9 +41,12 @@ class ConnectionStatus:
     has been tried, and which of them this process will read is not known yet.
     """
 
-    def __init__(self, feeds: Iterable[str] = ()) -> None:
+    def __init__(self, feeds: Iterable[str] = (), *, all_local: bool = False) -> None:
+        """`feeds`: every configured feed; `all_local`: this process reads all of them (no
+        cluster), so it is not ready before each one is registered and up."""
         self._lock = threading.Lock()
         self._configured = sorted(feeds)
+        self._all_local = all_local
         self._feeds: dict[str, FeedHealth] = {}
         self._sinks: dict[str, bool] = {}
         self._handed_over = False
@@ -89,6 +92,8 @@ class ConnectionStatus:
             started = bool(self._feeds) or bool(self._sinks)
             if started:
                 down = sorted(name for name, health in self._feeds.items() if not health.up(now))
+                if self._all_local:  # partitions still being built: their feeds are down too
+                    down = sorted({*down, *(n for n in self._configured if n not in self._feeds)})
             else:
                 down = list(self._configured)
         sink_up = self.sink_up()

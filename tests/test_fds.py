@@ -25,8 +25,8 @@ def test_too_low_a_hard_limit_is_exit_2_with_the_numbers():
         preexec_fn=limit(64, 64))
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
-        "RLIMIT_NOFILE: the feeds and workers need about 210 file descriptors, the limit is 64 "
-        "(hard 64): raise it (ulimit -n 210) or run fewer feeds per process"]
+        "RLIMIT_NOFILE: the feeds and workers need about 212 file descriptors, the limit is 64 "
+        "(hard 64): raise it (ulimit -n 212) or run fewer feeds per process"]
 
 
 def test_a_low_soft_limit_is_raised_and_every_feed_connects_with_one_descriptor(

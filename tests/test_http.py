@@ -47,6 +47,7 @@ class CountingCollector(Collector):
 def served() -> Iterator[tuple[HttpServer, ConnectionStatus, CountingCollector]]:
     status = ConnectionStatus()
     status.running = True
+    status.set_sink("sink-0", True)  # a partition built: the dataflow runs
     registry = CollectorRegistry()
     Metrics(registry).feed("f")
     counting = CountingCollector()

@@ -31,3 +31,12 @@ def test_a_connected_feed_without_recent_evidence_is_not_up():
     feed.alive_at = 100.0
     assert feed.up(104.9)
     assert not feed.up(105.1)  # connected, but nothing checked it for longer than stale_after
+
+
+def test_without_a_cluster_every_configured_feed_must_be_registered_to_be_ready():
+    status = ConnectionStatus(["a", "b"], all_local=True)
+    status.set_sink("sink-0", True)  # the sink partition is built before the source's
+    a = status.feed("a", 10)
+    a.connected = True
+    a.seen()
+    assert status.readiness() == {"ready": False, "sources_down": ["b"], "sink_up": True}
