@@ -2,7 +2,7 @@
 
 `WebSocketSource` is a `FixedPartitionedSource` with one partition per worker of the cluster
 (`feeds-0` … `feeds-{n-1}`; Bytewax hands each worker one of them), feed `i` going to partition
-`i mod n`. A partition owns one event loop; in it, an async generator (`_FeedsPartition._chunks`,
+`i mod n`. A partition owns one event loop; in it, an async generator (`_FeedsPartition._wakeups`,
 wrapped by `batch_async` as in Bytewax's async source pattern) starts a `FeedReader` per feed and
 yields whatever any of them read since the last poll. One loop waits on every socket at once, so
 an idle feed costs no poll time and a busy one is served as soon as it has data.
@@ -49,7 +49,7 @@ class _FeedsPartition(StatefulSourcePartition[Poll, None]):
             FeedReader(feed, options, status, self._metrics[feed.name], self._mark_ready,
                        self._log)
             for feed in feeds]
-        self._polls = batch_async(self._chunks(), options.batch_timeout, 1, self._loop)
+        self._polls = batch_async(self._wakeups(), options.batch_timeout, 1, self._loop)
         self._tasks: list[asyncio.Task[None]] = []
         self._next_awake: datetime | None = None
         self._stopped = False
@@ -58,13 +58,16 @@ class _FeedsPartition(StatefulSourcePartition[Poll, None]):
         self._ready[reader.name] = reader
         self._has_data.set()
 
-    async def _chunks(self) -> AsyncIterator[Poll]:
+    async def _wakeups(self) -> AsyncIterator[bool]:
+        """Start every feed's reader, then yield whenever a feed has frames waiting. The frames
+        are taken by `next_batch` itself: whatever `batch_async` returns (a wake-up, or nothing
+        when its timeout fired in the same turn), frames are taken in one place, in order."""
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(reader.run(), name=f"feed {reader.name}")
                        for reader in self._readers]
         while True:
             await self._has_data.wait()
-            yield self._take()
+            yield True
 
     def _take(self) -> Poll:
         """Every feed's waiting frames, one chunk per feed."""
@@ -85,8 +88,10 @@ class _FeedsPartition(StatefulSourcePartition[Poll, None]):
     def next_batch(self) -> list[Poll]:
         if self._stopping.is_set():
             return self._drain()
-        polled = next(self._polls)  # batch_async(..., 1): nothing, or one poll
-        chunks = polled[0] if polled else []
+        next(self._polls)  # runs the loop until a feed has frames, or the poll's timeout
+        # Frames may also have arrived in the loop's last turn, after the timeout fired (one
+        # slow turn, e.g. a large frame to inflate, is enough): they are taken now all the same.
+        chunks = self._take() if self._ready else []
         now = datetime.now(timezone.utc)
         if not chunks:
             # Nothing within the poll's timeout: give the worker's other steps a turn.
