@@ -27,7 +27,9 @@ from app.flow import build_flow
 from app.http import start_http_server
 from app.logs import configure_logging
 from app.metrics import Metrics
-from app.settings import Settings, load_settings
+from app.settings import Options, Settings, load_settings
+from app.sink.spool import Spool
+from app.sink.spooled import open_spool
 from app.status import ConnectionStatus
 from app.transform import Transform, load_transform
 
@@ -140,6 +142,24 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({**settings.masked(), "cluster": cluster.__dict__}, indent=2))
         return 0
 
+    options = settings.options()
+    spool: Spool | None = None
+    if options.spool is not None:
+        try:  # before anything starts: a spool it cannot use is a configuration error
+            spool = open_spool(options.spool, cluster.process_id)
+        except ConfigError as error:
+            for problem in error.problems:
+                print(problem, file=sys.stderr)
+            return 2
+    try:
+        return _run(settings, options, transform, cluster, spool)
+    finally:
+        if spool is not None:
+            spool.close()
+
+
+def _run(settings: Settings, options: Options, transform: Transform | None, cluster: Cluster,
+         spool: Spool | None) -> int:
     configure_logging(settings.log_level, settings.log_format)
     log = structlog.get_logger("app")
     stopping = threading.Event()
@@ -153,8 +173,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"INGEST_METRICS_PORT: cannot listen on {settings.metrics_host}:{port} ({exc})",
               file=sys.stderr)
         return 2
-    flow = build_flow(settings.options(), workers=cluster.total_workers, transform=transform,
-                      status=status, metrics=metrics, stopping=stopping)
+    flow = build_flow(options, workers=cluster.total_workers, transform=transform,
+                      status=status, metrics=metrics, stopping=stopping, spool=spool)
     log.info("starting", feeds=[feed.name for feed in settings.feeds], metrics_port=port,
              **cluster.__dict__)
     status.running = True

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -47,6 +47,8 @@ PayloadMode = Literal["json", "text"]
 InvalidPolicy = Literal["drop", "dead-letter", "fail"]
 Framing = Literal["message", "batch"]
 Confirm = Literal["ping", "none", "ack"]
+WhenFull = Literal["block", "drop_newest"]
+SpoolSync = Literal["normal", "full"]
 
 
 def _check_ws_url(url: str) -> str:
@@ -337,6 +339,10 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console", "auto"] = "auto"
     workers: int = Field(1, ge=1)
+    spool_dir: str | None = None
+    spool_max_bytes: int = Field(1_073_741_824, ge=1)
+    spool_when_full: WhenFull = "block"
+    spool_sync: SpoolSync = "normal"
 
     @field_validator("sources", mode="before")
     @classmethod
@@ -364,10 +370,15 @@ class Settings(BaseSettings):
         return None if value is None else _check_ws_url(value)
 
     @field_validator("log_level", "log_format", "payload", "on_invalid", "sink_framing",
-                     "sink_confirm", mode="before")
+                     "sink_confirm", "spool_when_full", "spool_sync", mode="before")
     @classmethod
     def _lower(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("spool_dir")
+    @classmethod
+    def _spool_dir(cls, value: str | None) -> str | None:
+        return value.strip() or None if value is not None else None
 
     @field_validator("transform")
     @classmethod
@@ -426,6 +437,10 @@ class Settings(BaseSettings):
             sink=sink("sink", self.sink_url, reveal(self.sink_headers)),
             dead_letter=(sink("dead_letter", self.dead_letter_url, {})
                          if self.on_invalid == "dead-letter" and self.dead_letter_url else None),
+            spool=(SpoolOptions(
+                directory=self.spool_dir, max_bytes=self.spool_max_bytes,
+                when_full=self.spool_when_full, synchronous=self.spool_sync)
+                if self.spool_dir else None),
         )
 
     def masked(self) -> dict[str, Any]:
@@ -481,6 +496,21 @@ class SinkOptions:
 
 
 @dataclass(frozen=True)
+class SpoolOptions:
+    """The on-disk spool between the dataflow and the sink (INGEST_SPOOL_*)."""
+
+    directory: str
+    max_bytes: int
+    when_full: WhenFull
+    synchronous: SpoolSync = "normal"
+
+    def for_process(self, process_id: int | None) -> SpoolOptions:
+        """Each process of a cluster spools under `<directory>/<process id>` (a single process
+        is process 0), so growing a single process into a cluster keeps its spool."""
+        return replace(self, directory=os.path.join(self.directory, str(process_id or 0)))
+
+
+@dataclass(frozen=True)
 class Options:
     """Everything `build_flow` needs, typed."""
 
@@ -488,6 +518,7 @@ class Options:
     envelope: EnvelopeOptions
     sink: SinkOptions
     dead_letter: SinkOptions | None
+    spool: SpoolOptions | None = None
 
 
 def _variable(loc: tuple[int | str, ...]) -> str:

@@ -19,6 +19,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 
 from app.envelope import Frame, payload_size
+from app.feed.seqblocks import SeqBlocks
 from app.metrics import FeedMetrics
 from app.net import Endpoint, keepalive, open_connection, reconnect_forever
 from app.retry import Failure
@@ -34,7 +35,8 @@ class FeedReader:
 
     def __init__(self, feed: FeedSettings, options: SourceOptions, status: ConnectionStatus,
                  metrics: FeedMetrics, on_data: Callable[[FeedReader], None],
-                 log: structlog.typing.FilteringBoundLogger) -> None:
+                 log: structlog.typing.FilteringBoundLogger,
+                 seq_blocks: SeqBlocks | None = None) -> None:
         self.feed = feed
         self.name = feed.name
         self._options = options
@@ -50,7 +52,9 @@ class FeedReader:
         self._pending: list[Frame] = []
         self._has_room = asyncio.Event()
         self._has_room.set()
-        self._seq = 0
+        self._seq_blocks = seq_blocks or SeqBlocks()
+        # Numbers above _reserved are reserved (durably, with a spool) before they are used.
+        self._seq = self._reserved = self._seq_blocks.resume(feed.name)
         self._last_frame_at = 0.0
         status.set_source(feed.name, False)
         metrics.up.set_function(lambda: float(status.source_up(feed.name)))
@@ -106,6 +110,8 @@ class FeedReader:
                 await self._has_room.wait()
             payload = await recv(decode)
             self._seq += 1
+            if self._seq > self._reserved:
+                self._reserved = self._seq_blocks.reserve(self.name, self._seq)
             self._last_frame_at = received_at = now()
             if not self._pending:
                 on_data(self)
