@@ -21,7 +21,7 @@ from app.metrics import Metrics
 from app.settings import Options
 from app.sink.sink import WebSocketSink
 from app.sink.spool import Spool
-from app.sink.spooled import SpooledSink, spool_state
+from app.sink.spooled import SpooledSink
 from app.status import ConnectionStatus
 from app.transform import Transform
 
@@ -89,8 +89,8 @@ def _rejected(outcome: Outcome) -> Encoded | None:
     return Encoded(outcome.encoded.source, outcome.dead_letters) if outcome.dead_letters else None
 
 
-def _watch_spool(spool: Spool, metrics: Metrics, status: ConnectionStatus) -> None:
-    """The spool gauges and the `/readyz` rule, read from the spool's counters when asked."""
+def _watch_spool(spool: Spool, metrics: Metrics) -> None:
+    """The spool gauges, read from the spool's counters when scraped."""
     def oldest_age() -> float:
         oldest = spool.stats().oldest_received_at
         return 0.0 if oldest is None else max(0.0, time.time() - oldest)
@@ -98,7 +98,6 @@ def _watch_spool(spool: Spool, metrics: Metrics, status: ConnectionStatus) -> No
     metrics.spool_bytes.set_function(lambda: float(spool.stats().bytes))
     metrics.spool_messages.set_function(lambda: float(spool.stats().messages))
     metrics.spool_oldest_age.set_function(oldest_age)
-    status.set_spool(lambda: spool_state(spool))
 
 
 def build_flow(options: Options, *, workers: int, transform: Transform | None,
@@ -118,9 +117,11 @@ def build_flow(options: Options, *, workers: int, transform: Transform | None,
                       _Envelopes(EnvelopeBuilder(options.envelope, transform), metrics))
     sink: WebSocketSink | SpooledSink
     if spool is not None and options.spool is not None:
-        _watch_spool(spool, metrics, status)
-        sink = SpooledSink(spool, options.spool, options.sink, status, metrics, stopping,
-                           _Delivery(metrics))
+        _watch_spool(spool, metrics)
+        spooled = SpooledSink(spool, options.spool, options.sink, status, metrics, stopping,
+                              _Delivery(metrics))
+        status.set_spool(spooled.state)
+        sink = spooled
     else:
         sink = WebSocketSink(options.sink, status, metrics, stopping, _Delivery(metrics))
     op.output("sink", op.filter_map("valid", outcomes, _valid), sink)

@@ -46,12 +46,6 @@ STORE_RETRY_S = 1.0
 """Wait before retrying a batch the store refused (a full disk)."""
 
 
-def spool_state(spool: Spool) -> SpoolState:
-    """For `/readyz`: bytes waiting, and whether the spool still takes batches."""
-    stats = spool.stats()
-    return SpoolState(stats.bytes, stats.messages == 0 or stats.bytes < spool.max_bytes)
-
-
 def _encoded(records: list[Stored]) -> list[Encoded]:
     """Records as `Encoded` runs of one source each, for the delivery metrics."""
     runs: list[Encoded] = []
@@ -161,8 +155,9 @@ class _SpooledPartition(StatelessSinkPartition[Encoded]):
 
     def __init__(self, spool: Spool, options: SpoolOptions, shutdown_timeout_s: float,
                  metrics: Metrics, stopping: threading.Event, release: Callable[[], None],
-                 worker_index: int) -> None:
+                 full: threading.Event, worker_index: int) -> None:
         self._spool = spool
+        self._full = full
         self._block = options.when_full == "block"
         self._shutdown_timeout_s = shutdown_timeout_s
         self._metrics = metrics
@@ -190,9 +185,11 @@ class _SpooledPartition(StatelessSinkPartition[Encoded]):
         while True:
             try:
                 if self._spool.append(records, WAIT_STEP_S if self._block else 0.0):
+                    self._full.clear()
                     if waited:
                         self._log.info("spool_room_again")
                     return
+                self._full.set()
                 if not self._block:
                     self._dropped(len(records))
                     return
@@ -246,6 +243,12 @@ class SpooledSink(DynamicSink[Encoded]):
         self._lock = threading.Lock()
         self._drainer: _Drainer | None = None
         self._partitions = 0
+        self._full = threading.Event()  # the latest batch found no room (until one does)
+
+    def state(self) -> SpoolState:
+        """For `/readyz`: bytes waiting, and whether the spool takes batches (a batch found no
+        room and none has been committed since: blocked or dropping)."""
+        return SpoolState(self._spool.stats().bytes, not self._full.is_set())
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _SpooledPartition:
         with self._lock:
@@ -256,7 +259,7 @@ class SpooledSink(DynamicSink[Encoded]):
             self._partitions += 1
         return _SpooledPartition(self._spool, self._spool_options,
                                  self._options.shutdown_timeout_s, self._metrics,
-                                 self._stopping, self._release, worker_index)
+                                 self._stopping, self._release, self._full, worker_index)
 
     def _release(self) -> None:
         """A partition closed: the last one closes the drainer."""
