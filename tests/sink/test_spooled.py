@@ -159,13 +159,12 @@ def test_sigterm_with_the_sink_down_keeps_the_spool_and_a_restart_sends_it_first
 
 
 def test_two_workers_share_one_spool_and_keep_per_feed_order(servers, dataflow, tmp_path):
-    feeds = [servers(feed_handler(3000, name=name)) for name in ("a", "b")]
+    feeds = [{"name": name, "url": servers(feed_handler(3000, name=name)).url}
+             for name in ("a", "b")]
     sink = Sink()
     try:
-        app = dataflow({"INGEST_SOURCES": json.dumps([{"name": name, "url": feed.url}
-                                                      for name, feed in zip("ab", feeds)]),
-                        "INGEST_SINK_URL": sink.url, "INGEST_SPOOL_DIR": str(tmp_path / "s")},
-                       workers=2)
+        app = dataflow({"INGEST_SOURCES": json.dumps(feeds), "INGEST_SINK_URL": sink.url,
+                        "INGEST_SPOOL_DIR": str(tmp_path / "s")}, workers=2)
         assert sink.wait_for(lambda s: len(s.messages) >= 6000, 30)
         by_source = sink.by_source()
         assert by_source["a"] == by_source["b"] == list(range(1, 3001))
