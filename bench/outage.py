@@ -56,6 +56,8 @@ def run(outage: float, spool: str | None = None, interval: float = 0.005) -> dic
         spooled = app.metric("ingest_spool_messages") if spool else None
         sink.server.start()
         time.sleep(PING_S * 3)
+        # Before the feed goes away at the end (that closes the connection too, with 1001).
+        disconnects = [e for e in app.logs() if e["event"] == "source_disconnected"]
         feed.stop()
         if spool:  # until the backlog is sent
             wait_until(lambda: app.metric("ingest_spool_messages") == 0, 600, interval=0.5)
@@ -65,7 +67,6 @@ def run(outage: float, spool: str | None = None, interval: float = 0.005) -> dic
         first_seen = list(dict.fromkeys(seqs))
         connects = app.metric("ingest_source_connects_total", source="feed")
         in_flight_lost = len(set(sent) - arrived)
-        disconnects = [e for e in app.logs() if e["event"] == "source_disconnected"]
         result: dict[str, object] = {
             "outage_s": outage, "spool": bool(spool), "feed_reconnected": connects > 1,
             "close": disconnects[0].get("code") if disconnects else None,
