@@ -129,6 +129,36 @@ def test_block_is_backpressure_and_drops_nothing(servers, dataflow, tmp_path):
         sink.close()
 
 
+def test_a_store_error_is_logged_and_the_batch_waits_losing_nothing(servers, dataflow, tmp_path):
+    # SQLite's max_page_count makes the store refuse commits as a full disk does (SQLITE_FULL).
+    total = 2000
+    sink = Sink()
+    try:
+        sink.server.stop()
+        feed = servers(feed_handler(total, name="f", interval=0.0005))
+        app = dataflow(spool_env(feed.url, sink.url, tmp_path / "s", INGEST_BATCH_SIZE="50"))
+        wait_until(lambda: app.metric("ingest_spool_messages") > 200, 20)
+        spool = app.spool
+        assert spool is not None
+        with spool._write_lock:  # the writer connection is the worker's: take its lock
+            pages = spool._writer.execute("PRAGMA page_count").fetchone()[0]
+            spool._writer.execute(f"PRAGMA max_page_count={pages}")
+        wait_until(lambda: any(e["event"] == "spool_write_failed" for e in app.logs()))
+        failed = next(e for e in app.logs() if e["event"] == "spool_write_failed")
+        assert "full" in failed["error"]
+        held = app.metric("ingest_spool_messages")
+        assert holds_for(lambda: app.metric("ingest_spool_messages") == held, 0.5)
+        with spool._write_lock:  # room again
+            spool._writer.execute("PRAGMA max_page_count=1073741823")
+        sink.server.start()
+        assert sink.wait_for(lambda s: len({m["seq"] for m in s.messages}) >= total, 30)
+        assert first_seen(sink.by_source()["f"]) == list(range(1, total + 1))
+        assert app.metric("ingest_spool_dropped_total") == 0
+        app.stop()
+    finally:
+        sink.close()
+
+
 def test_sigterm_with_the_sink_down_keeps_the_spool_and_a_restart_sends_it_first(
         servers, dataflow, tmp_path):
     sink = Sink()
