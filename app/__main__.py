@@ -29,7 +29,7 @@ from app.logs import configure_logging
 from app.metrics import Metrics
 from app.settings import Options, Settings, load_settings
 from app.sink.spool import Spool
-from app.sink.spooled import open_spool
+from app.sink.spooled import leftover_spools, open_spool
 from app.status import ConnectionStatus
 from app.transform import Transform, load_transform
 
@@ -177,6 +177,10 @@ def _run(settings: Settings, options: Options, transform: Transform | None, clus
                       status=status, metrics=metrics, stopping=stopping, spool=spool)
     log.info("starting", feeds=[feed.name for feed in settings.feeds], metrics_port=port,
              **cluster.__dict__)
+    if options.spool is not None:  # the cluster shrank: these spools are not read
+        for leftover in leftover_spools(options.spool, len(cluster.addresses or [""])):
+            log.warning("spool_left_behind", directory=str(leftover),
+                        hint="no process of this cluster has its id: it is not sent")
     status.running = True
     try:
         cli_main(flow, workers_per_process=cluster.workers, process_id=cluster.process_id,

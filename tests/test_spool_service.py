@@ -132,3 +132,17 @@ def test_each_process_spools_under_its_own_subdirectory(tmp_path, process_id, su
         assert (tmp_path / subdirectory / "spool.db").exists()
     finally:
         spool.close()
+
+
+def test_spools_of_process_ids_a_shrunk_cluster_no_longer_has_are_reported(tmp_path):
+    from app.settings import SpoolOptions
+    from app.sink.spooled import leftover_spools
+
+    for process_id in (0, 1, 3):
+        Spool(tmp_path / str(process_id), 1000).close()
+    (tmp_path / "7").mkdir()  # no spool in it
+    (tmp_path / "notes").mkdir()
+    options = SpoolOptions(str(tmp_path), 1000, "block")
+    assert leftover_spools(options, 2) == [tmp_path / "3"]
+    assert leftover_spools(options, 1) == [tmp_path / "1", tmp_path / "3"]
+    assert leftover_spools(options, 4) == []

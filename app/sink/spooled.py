@@ -25,6 +25,7 @@ import concurrent.futures
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import structlog
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
@@ -36,7 +37,7 @@ from app.metrics import Metrics
 from app.settings import SinkOptions, SpoolOptions, mask_url
 from app.sink.framing import frames_for
 from app.sink.sink import WAIT_STEP_S, OnWritten, _SinkConnection
-from app.sink.spool import Record, Spool, SpoolError, Stored
+from app.sink.spool import DB_NAME, Record, Spool, SpoolError, Stored
 from app.status import ConnectionStatus, SpoolState
 
 PEEK_RECORDS = 5_000
@@ -279,3 +280,16 @@ def open_spool(options: SpoolOptions, process_id: int | None) -> Spool:
     own = options.for_process(process_id)
     return Spool(own.directory, own.max_bytes,
                  "FULL" if own.synchronous == "full" else "NORMAL")
+
+
+def leftover_spools(options: SpoolOptions, processes: int) -> list[Path]:
+    """Spools under INGEST_SPOOL_DIR of process ids this cluster no longer has (it shrank):
+    no process reads them, so what they hold is not sent until a process with that id runs."""
+    base = Path(options.directory)
+    try:
+        children = list(base.iterdir())
+    except OSError:
+        return []
+    return sorted((child for child in children
+                   if child.name.isdigit() and int(child.name) >= processes
+                   and (child / DB_NAME).exists()), key=lambda child: int(child.name))
