@@ -205,7 +205,8 @@ def test_a_full_disk_raises_spool_error_changes_nothing_and_the_store_recovers(
     directory = tmp_path / "spool"
     spool = Spool(directory, max_bytes=1 << 30)
     try:
-        spool.append(records("a", 1, 400, size=1000))
+        for first in range(1, 400, 100):  # four batches: confirming 300 frees three
+            spool.append(records("a", first, 100, size=1000))
         # A full disk, as SQLite sees one: no page may be added to the database (same error,
         # SQLITE_FULL "database or disk is full"). The limit is per connection: the writer's.
         with spool._write_lock:
@@ -298,3 +299,20 @@ def test_every_batch_reported_committed_survives_sigkill_in_order(
         assert spool.stats()[:2] == (sum(len(s.message) for s in stored), len(stored))
     finally:
         spool.close()
+
+
+def test_a_reopened_empty_spool_numbers_on_after_the_last_confirmed_id(tmp_path: Path) -> None:
+    directory = tmp_path / "spool"
+    first = Spool(directory, max_bytes=1 << 20)
+    first.append(records("a", 1, 3))
+    first.confirm(3)
+    first.close()
+    again = Spool(directory, max_bytes=1 << 20)
+    try:
+        assert again.stats() == (0, 0, None)
+        again.append(records("a", 4, 2))
+        assert [(s.id, s.seq) for s in everything(again)] == [(4, 4), (5, 5)]
+        again.confirm(4)  # in part: the rest of the batch stays waiting
+        assert [s.id for s in again.peek(0, 10, 1 << 20)] == [5]
+    finally:
+        again.close()
