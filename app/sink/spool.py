@@ -6,12 +6,12 @@ sockets, no metrics objects, no policy. It keeps
 - the records waiting to be sent, in the order appended, each under an `id` that only grows (ids
   are assigned here, not by SQLite, so that emptying the table never makes an id come back while a
   drainer still remembers a larger one; a reopened spool goes on after its last record, or after
-  the last one confirmed if it is empty). Each `append` is stored as one row (a batch: its
-  messages concatenated, its sources, seqs, receipt times and message lengths packed beside
-  them), so SQLite's work per batch, not per message, is what a message costs; a batch's records
-  keep ids of their own, and the id up to which records are confirmed is kept in a one-row table
-  (a batch confirmed in part stays stored until the rest of it is confirmed: bytes on disk, not
-  in the counts);
+  the last one confirmed if it is empty). Each `append` is stored as one row per up to 1 MiB of
+  messages (concatenated, with their sources, seqs, receipt times and lengths packed beside
+  them), so SQLite's work per row, not per message, is what a message costs; records keep ids
+  of their own, and the id up to which records are confirmed is kept in a one-row table (a row
+  confirmed in part stays stored until the rest of it is confirmed: bytes on disk, not in the
+  counts);
 - a per-feed `seq` high-water mark, so that a restarted process never reuses a number.
 
 Threads (every method is thread-safe; this is who is expected to call what):
@@ -65,6 +65,8 @@ from app.errors import ConfigError, IngestError
 
 DB_NAME = "spool.db"
 LOCK_NAME = "spool.lock"
+ROW_BYTES = 1_048_576
+"""Most message bytes stored in one row: a batch larger than that is several rows (one commit)."""
 WAL_SIZE_LIMIT = 64 * 1024 * 1024
 """Bytes the WAL file is truncated back to after a checkpoint (it grows past it only in bursts)."""
 
@@ -365,18 +367,22 @@ class Spool:
 
     def _insert(self, records: Sequence[Record]) -> None:
         first = self._next_id
-        lengths = array("I", [len(r.message) for r in records])
-        end = self._appended_end + sum(lengths)
-        runs = [(source, len(list(run)))
-                for source, run in itertools.groupby(r.source for r in records)]
-        row = (first, len(records), end, json.dumps(runs, separators=(",", ":")),
-               array("q", [r.seq for r in records]).tobytes(),
-               array("d", [r.received_at for r in records]).tobytes(), lengths.tobytes(),
-               b"".join([r.message for r in records]))
+        end = self._appended_end
+        rows = []
+        for begin, stop in _row_bounds(records):
+            part = records[begin:stop]
+            lengths = array("I", [len(r.message) for r in part])
+            end += sum(lengths)
+            runs = [(source, len(list(run)))
+                    for source, run in itertools.groupby(r.source for r in part)]
+            rows.append((first + begin, len(part), end, json.dumps(runs, separators=(",", ":")),
+                         array("q", [r.seq for r in part]).tobytes(),
+                         array("d", [r.received_at for r in part]).tobytes(),
+                         lengths.tobytes(), b"".join([r.message for r in part])))
         with self._transaction("append"):
-            self._writer.execute(
+            self._writer.executemany(
                 "INSERT INTO batches (first_id, count, end_offset, sources, seqs, received,"
-                " lengths, messages) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row)
+                " lengths, messages) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
         with self._changed:
             if self._next_id == self._head_id:
                 self._oldest = records[0].received_at
@@ -399,6 +405,18 @@ class Spool:
             if isinstance(e, sqlite3.Error):
                 raise SpoolError(f"spool {what} failed: {e}") from e
             raise
+
+
+def _row_bounds(records: Sequence[Record]) -> Iterator[tuple[int, int]]:
+    """(begin, end) of the rows a batch is stored as: at most ROW_BYTES of messages each (at
+    least one record), so reading a row back never costs more memory than that."""
+    begin, size = 0, 0
+    for index, record in enumerate(records):
+        if index > begin and size + len(record.message) > ROW_BYTES:
+            yield begin, index
+            begin, size = index, 0
+        size += len(record.message)
+    yield begin, len(records)
 
 
 def _unpack(typecode: str, packed: bytes) -> array[Any]:

@@ -316,3 +316,25 @@ def test_a_reopened_empty_spool_numbers_on_after_the_last_confirmed_id(tmp_path:
         assert [s.id for s in again.peek(0, 10, 1 << 20)] == [5]
     finally:
         again.close()
+
+
+def test_a_batch_over_the_row_size_is_several_rows_committed_together(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import app.sink.spool as spool_module
+
+    monkeypatch.setattr(spool_module, "ROW_BYTES", 250)  # rows of two 100-byte records
+    directory = tmp_path / "spool"
+    first = Spool(directory, max_bytes=1 << 20)
+    first.append(records("a", 1, 7, size=100))
+    with sqlite3.connect(directory / "spool.db") as db:
+        assert db.execute("SELECT count(*) FROM batches").fetchone()[0] == 4
+    assert [s.seq for s in first.peek(2, 3, 1 << 20)] == [3, 4, 5]  # across rows
+    first.confirm(3)  # the first row goes, the second is confirmed in part
+    assert first.stats() == (400, 4, 1004.0)
+    first.close()
+    again = Spool(directory, max_bytes=1 << 20)
+    try:
+        assert again.stats() == (400, 4, 1004.0)
+        assert [(s.id, s.seq) for s in everything(again)] == [(4, 4), (5, 5), (6, 6), (7, 7)]
+    finally:
+        again.close()
