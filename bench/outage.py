@@ -10,8 +10,9 @@ in flight when a connection dropped; a real feed would also lose what it sent me
 
 `--spool`: the same with `INGEST_SPOOL_DIR` set, at 2 000 msg/s, up to a 60 s outage: the feed
 is expected never to be dropped, and every message to arrive, in order, once the sink is back.
-`--hold-gb G`: spool G GiB of 8 KB envelopes while the sink is down, then send them: peak RSS,
-how fast the spool fills and drains, and the disk bytes written per message.
+`--hold-gb G [--message-bytes B]`: spool G GiB of messages of B bytes (8 000) while the sink is
+down, then send them: peak RSS, how fast the spool fills and drains, and the disk bytes written
+per message. Peak RSS follows the bytes of a batch (INGEST_BATCH_SIZE x B), not the spool's size.
 """
 
 from __future__ import annotations
@@ -108,9 +109,9 @@ def write_bytes(pid: int) -> int:
     return 0
 
 
-def hold(gigabytes: float, spool: str) -> dict[str, object]:
-    """Spool `gigabytes` GiB while the sink is down, then send it all (to bench.receiver)."""
-    size = 8000
+def hold(gigabytes: float, spool: str, size: int = 8000) -> dict[str, object]:
+    """Spool `gigabytes` GiB of `size`-byte messages while the sink is down, then send it all
+    (to bench.receiver)."""
     count = int(gigabytes * 2**30 / (size + 100))
     feed = big_feed(count, size)
     sink_port = free_port()
@@ -162,10 +163,12 @@ def main() -> None:
     parser.add_argument("--spool", action="store_true", help="with INGEST_SPOOL_DIR set")
     parser.add_argument("--outages", help="comma-separated outage lengths in seconds")
     parser.add_argument("--hold-gb", type=float, help="hold this many GiB in the spool instead")
+    parser.add_argument("--message-bytes", type=int, default=8000,
+                        help="with --hold-gb: size of each message")
     args = parser.parse_args()
     if args.hold_gb:
         with tempfile.TemporaryDirectory(prefix="spool-") as spool:
-            print(json.dumps(hold(args.hold_gb, spool)), flush=True)
+            print(json.dumps(hold(args.hold_gb, spool, args.message_bytes)), flush=True)
         return
     default = SPOOL_OUTAGES_S if args.spool else OUTAGES_S
     outages = [float(s) for s in args.outages.split(",")] if args.outages else default

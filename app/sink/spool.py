@@ -367,22 +367,28 @@ class Spool:
 
     def _insert(self, records: Sequence[Record]) -> None:
         first = self._next_id
-        end = self._appended_end
-        rows = []
-        for begin, stop in _row_bounds(records):
-            part = records[begin:stop]
-            lengths = array("I", [len(r.message) for r in part])
-            end += sum(lengths)
-            runs = [(source, len(list(run)))
-                    for source, run in itertools.groupby(r.source for r in part)]
-            rows.append((first + begin, len(part), end, json.dumps(runs, separators=(",", ":")),
-                         array("q", [r.seq for r in part]).tobytes(),
-                         array("d", [r.received_at for r in part]).tobytes(),
-                         lengths.tobytes(), b"".join([r.message for r in part])))
+        bounds = list(_row_bounds(records))
+        ends = list(itertools.accumulate(
+            (sum(len(r.message) for r in records[begin:stop]) for begin, stop in bounds),
+            initial=self._appended_end))[1:]
+
+        def rows() -> Iterator[tuple[object, ...]]:
+            # One row at a time: a large batch is never copied whole.
+            for (begin, stop), end in zip(bounds, ends, strict=True):
+                part = records[begin:stop]
+                runs = [(source, len(list(run)))
+                        for source, run in itertools.groupby(r.source for r in part)]
+                yield (first + begin, len(part), end, json.dumps(runs, separators=(",", ":")),
+                       array("q", [r.seq for r in part]).tobytes(),
+                       array("d", [r.received_at for r in part]).tobytes(),
+                       array("I", [len(r.message) for r in part]).tobytes(),
+                       b"".join([r.message for r in part]))
+
         with self._transaction("append"):
             self._writer.executemany(
                 "INSERT INTO batches (first_id, count, end_offset, sources, seqs, received,"
-                " lengths, messages) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                " lengths, messages) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows())
+        end = ends[-1]
         with self._changed:
             if self._next_id == self._head_id:
                 self._oldest = records[0].received_at

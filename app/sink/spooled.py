@@ -41,7 +41,7 @@ from app.sink.spool import DB_NAME, Record, Spool, SpoolError, Stored
 from app.status import ConnectionStatus, SpoolState
 
 PEEK_RECORDS = 5_000
-PEEK_BYTES = 4 * 1_048_576
+PEEK_BYTES = 1_048_576
 """Most envelopes (and bytes) the drainer reads and writes in one round: bounds its memory."""
 STORE_RETRY_S = 1.0
 """Wait before retrying a batch the store refused (a full disk)."""
