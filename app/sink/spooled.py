@@ -43,6 +43,8 @@ from app.status import ConnectionStatus, SpoolState
 PEEK_RECORDS = 5_000
 PEEK_BYTES = 1_048_576
 """Most envelopes (and bytes) the drainer reads and writes in one round: bounds its memory."""
+CHECKPOINT_EVERY_S = 0.5
+"""How often the drainer's checkpoint thread copies the spool's WAL into its database."""
 STORE_RETRY_S = 1.0
 """Wait before retrying a batch the store refused (a full disk)."""
 
@@ -78,12 +80,24 @@ class _Drainer:
         self._connection = _SinkConnection(
             options, status, f"{options.name}-spool", metrics, stopping, self._log)
         self._done: concurrent.futures.Future[None] | None = None
+        # Checkpoints (writes and fsyncs of the database file) in a thread of their own, so
+        # that neither the worker's commits nor the drainer's writes wait for them.
+        self._checkpoints = threading.Thread(
+            target=self._checkpoint, name=f"{options.name}-checkpoints", daemon=True)
+
+    def _checkpoint(self) -> None:
+        while not self._finishing.wait(CHECKPOINT_EVERY_S):
+            try:
+                self._spool.checkpoint()
+            except SpoolError as error:
+                self._store_failed("spool_checkpoint_failed", error)
 
     def start(self) -> None:
         stats = self._spool.stats()
         self._log.info("spool_opened", messages=stats.messages, bytes=stats.bytes,
                        max_bytes=self._spool.max_bytes)
         self._thread.start()
+        self._checkpoints.start()
         self._done = asyncio.run_coroutine_threadsafe(self._run(), self._loop)
 
     async def _run(self) -> None:
@@ -145,6 +159,7 @@ class _Drainer:
             self._done.cancel()  # closed without `stopping`: no deadline was running
         except concurrent.futures.CancelledError:
             pass
+        self._checkpoints.join(5)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
         if not self._thread.is_alive():

@@ -301,19 +301,22 @@ def test_every_batch_reported_committed_survives_sigkill_in_order(
         spool.close()
 
 
-def test_a_reopened_empty_spool_numbers_on_after_the_last_confirmed_id(tmp_path: Path) -> None:
+def test_a_reopened_spool_emptied_after_a_partial_confirm_never_hides_new_records(
+        tmp_path: Path) -> None:
     directory = tmp_path / "spool"
     first = Spool(directory, max_bytes=1 << 20)
     first.append(records("a", 1, 3))
-    first.confirm(3)
+    first.confirm(2)  # in part: the mark is written
+    first.confirm(3)  # the whole row goes; the mark stays at 2
     first.close()
     again = Spool(directory, max_bytes=1 << 20)
     try:
         assert again.stats() == (0, 0, None)
         again.append(records("a", 4, 2))
-        assert [(s.id, s.seq) for s in everything(again)] == [(4, 4), (5, 5)]
-        again.confirm(4)  # in part: the rest of the batch stays waiting
-        assert [s.id for s in again.peek(0, 10, 1 << 20)] == [5]
+        assert [s.seq for s in everything(again)] == [4, 5]
+        assert everything(again)[0].id > 2  # above the mark: not taken for confirmed
+        again.confirm(everything(again)[0].id)  # in part: the rest of the row stays waiting
+        assert [s.seq for s in again.peek(0, 10, 1 << 20)] == [5]
     finally:
         again.close()
 
@@ -338,3 +341,16 @@ def test_a_batch_over_the_row_size_is_several_rows_committed_together(
         assert [(s.id, s.seq) for s in everything(again)] == [(4, 4), (5, 5), (6, 6), (7, 7)]
     finally:
         again.close()
+
+
+def test_checkpoint_copies_the_wal_only_when_something_was_committed(spool: Spool) -> None:
+    assert spool.checkpoint() is False
+    spool.append(records("a", 1, 3))
+    assert spool.checkpoint() is True
+    assert spool.checkpoint() is False
+    spool.confirm(3)
+    assert spool.checkpoint() is True
+    assert counted(spool) == (0, 0)
+    spool.close()
+    with pytest.raises(SpoolError):
+        spool.checkpoint()
