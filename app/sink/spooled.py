@@ -103,7 +103,15 @@ class _Drainer:
     async def _run(self) -> None:
         self._connection.start()
         try:
-            await self._drain()
+            while True:
+                try:
+                    await self._drain()
+                    break
+                except (ShutdownTimeout, asyncio.CancelledError):
+                    raise
+                except Exception:  # a bug must not end the drainer: the spool would only grow
+                    self._log.exception("spool_drainer_failed")
+                    await asyncio.sleep(STORE_RETRY_S)
         except ShutdownTimeout:
             pass  # the sink stayed away for the whole grace period: the spool keeps the rest
         finally:
