@@ -13,7 +13,8 @@ RUN pip install --no-deps . && python -m compileall -q /opt/venv
 
 # Runtime stage: only the virtualenv, no compiler, a fixed non-root user.
 FROM python:3.12-slim
-RUN useradd --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin ingest
+RUN useradd --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin ingest \
+ && install -d -o 10001 -g 10001 /var/lib/ws-ingest/spool
 COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 WORKDIR /app

@@ -37,8 +37,10 @@ from app.flow import build_flow
 from app.http import HttpLimits, start_http_server
 from app.logs import capture_native_stdout, configure_logging
 from app.metrics import Metrics
-from app.settings import Settings, load_settings
+from app.settings import Options, Settings, load_settings
 from app.shutdown import StopSignal
+from app.sink.spool import Spool
+from app.sink.spooled import leftover_spools, open_spool
 from app.status import ConnectionStatus
 from app.tls import check_tls
 from app.transform import Transform, load_transform
@@ -252,6 +254,24 @@ def main(argv: list[str] | None = None) -> int:
         print(*error.problems, sep="\n", file=sys.stderr)
         return 2
 
+    options = settings.options()
+    spool: Spool | None = None
+    if options.spool is not None:
+        try:  # before anything starts: a spool it cannot use is a configuration error
+            spool = open_spool(options.spool, cluster.process_id)
+        except ConfigError as error:
+            for problem in error.problems:
+                print(problem, file=sys.stderr)
+            return 2
+    try:
+        return _run(settings, options, transform, cluster, spool, fds)
+    finally:
+        if spool is not None:
+            spool.close()
+
+
+def _run(settings: Settings, options: Options, transform: Transform | None, cluster: Cluster,
+         spool: Spool | None, fds: FdLimit) -> int:
     capture_native_stdout()
     configure_logging(settings.log_level, settings.log_format)
     log = structlog.get_logger("app")
@@ -269,10 +289,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"INGEST_METRICS_PORT: cannot listen on {settings.metrics_host}:{port} ({exc})",
               file=sys.stderr)
         return 2
-    flow = build_flow(settings.options(), workers=cluster.total_workers, transform=transform,
-                      status=status, metrics=metrics, stopping=stopping)
+    flow = build_flow(options, workers=cluster.total_workers, transform=transform,
+                      status=status, metrics=metrics, stopping=stopping, spool=spool)
     log.info("starting", feeds=[feed.name for feed in settings.feeds], metrics_port=port,
              **cluster.__dict__)
+    if options.spool is not None:  # the cluster shrank: these spools are not read
+        for leftover in leftover_spools(options.spool, len(cluster.addresses or [""])):
+            log.warning("spool_left_behind", directory=str(leftover),
+                        hint="no process of this cluster has its id: it is not sent")
     status.running = True
     try:
         thread, errors = _run_in_thread(flow, cluster)

@@ -51,11 +51,13 @@ dataflow's per-item cost once per poll."""
 
 @dataclass(slots=True)
 class Encoded:
-    """Envelopes of one chunk, serialised, with the receipt time of each for latency."""
+    """Envelopes of one chunk, serialised, with the receipt time of each for latency and the
+    `seq` of the frame each came from (the spool keeps it beside the envelope)."""
 
     source: str
     messages: list[bytes] = field(default_factory=list)
     received: list[float] = field(default_factory=list)
+    seqs: list[int] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -131,7 +133,8 @@ class EnvelopeBuilder:
     def __call__(self, chunk: Chunk) -> Outcome:
         source = chunk.source
         outcome = Outcome(Encoded(source))
-        messages, received = outcome.encoded.messages, outcome.encoded.received
+        encoded = outcome.encoded
+        messages, received, seqs = encoded.messages, encoded.received, encoded.seqs
         decode, transform, dumps = self._decode, self._transform, orjson.dumps
         max_bytes = self._max_bytes[source]
         for frame in chunk.frames:
@@ -147,6 +150,7 @@ class EnvelopeBuilder:
                 if transform is None:
                     messages.append(self._fitting(dumps(envelope)))
                     received.append(frame.received_at)
+                    seqs.append(frame.seq)
                     continue
                 results = [self._fitting(result)
                            for result in self._transformed(transform, envelope)]
@@ -154,6 +158,7 @@ class EnvelopeBuilder:
                     outcome.dropped += 1
                 messages.extend(results)
                 received.extend([frame.received_at] * len(results))
+                seqs.extend([frame.seq] * len(results))
             except _Invalid as invalid:
                 self._reject(outcome, source, frame, invalid)
         return outcome

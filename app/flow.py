@@ -7,17 +7,21 @@ worker that reads the feed, and per-feed order holds end to end.
 from __future__ import annotations
 
 import threading
+import time
 
 import bytewax.operators as op
 import structlog
 from bytewax.dataflow import Dataflow
 
 from app.envelope import Encoded, EnvelopeBuilder, Outcome, Poll
+from app.feed.seqblocks import SpooledSeqBlocks
 from app.feed.source import WebSocketSource
 from app.logs import RateLimiter
 from app.metrics import Metrics
 from app.settings import Options
 from app.sink.sink import WebSocketSink
+from app.sink.spool import Spool
+from app.sink.spooled import SpooledSink
 from app.status import ConnectionStatus
 from app.transform import Transform
 
@@ -93,18 +97,42 @@ def _rejected(outcomes: list[Outcome]) -> list[Encoded] | None:
     return rejected or None
 
 
+def _watch_spool(spool: Spool, metrics: Metrics) -> None:
+    """The spool gauges, read from the spool's counters when scraped."""
+    def oldest_age() -> float:
+        oldest = spool.stats().oldest_received_at
+        return 0.0 if oldest is None else max(0.0, time.time() - oldest)
+
+    metrics.spool_bytes.set_function(lambda: float(spool.stats().bytes))
+    metrics.spool_messages.set_function(lambda: float(spool.stats().messages))
+    metrics.spool_oldest_age.set_function(oldest_age)
+
+
 def build_flow(options: Options, *, workers: int, transform: Transform | None,
-               status: ConnectionStatus, metrics: Metrics, stopping: threading.Event) -> Dataflow:
+               status: ConnectionStatus, metrics: Metrics, stopping: threading.Event,
+               spool: Spool | None = None) -> Dataflow:
     """The dataflow for these options over `workers` workers (in the whole cluster);
-    `stopping` set means: stop reading, flush, end."""
+    `stopping` set means: stop reading, flush, end. `spool`: this process's spool, opened by
+    the caller (and closed by it once the dataflow has ended) when `options.spool` is set."""
     metrics.sink_up.set_function(lambda: float(status.sink_up()))
+    if options.spool is not None and spool is None:
+        raise ValueError("options.spool is set: open the Spool and pass it in")
     flow = Dataflow("ws_ingest")
     chunks = op.input("feeds", flow, WebSocketSource(
-        options.source, workers, status, metrics, stopping))
+        options.source, workers, status, metrics, stopping,
+        SpooledSeqBlocks(spool) if spool is not None else None))
     outcomes = op.map("envelope", chunks,
                       _Envelopes(EnvelopeBuilder(options.envelope, transform), metrics))
-    op.output("sink", op.filter_map("valid", outcomes, _valid), WebSocketSink(
-        options.sink, status, metrics, stopping, _Delivery(metrics)))
+    sink: WebSocketSink | SpooledSink
+    if spool is not None and options.spool is not None:
+        _watch_spool(spool, metrics)
+        spooled = SpooledSink(spool, options.spool, options.sink, status, metrics, stopping,
+                              _Delivery(metrics))
+        status.set_spool(spooled.state)
+        sink = spooled
+    else:
+        sink = WebSocketSink(options.sink, status, metrics, stopping, _Delivery(metrics))
+    op.output("sink", op.filter_map("valid", outcomes, _valid), sink)
     if options.dead_letter is not None:
         op.output("dead_letter", op.filter_map("rejected", outcomes, _rejected), WebSocketSink(
             options.dead_letter, status, metrics, stopping, _DeadLetters(metrics)))

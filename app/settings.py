@@ -10,7 +10,7 @@ import json
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -51,6 +51,8 @@ PayloadMode = Literal["json", "text"]
 InvalidPolicy = Literal["drop", "dead-letter", "fail"]
 Framing = Literal["message", "batch"]
 Confirm = Literal["ping", "none", "ack"]
+WhenFull = Literal["block", "drop_newest"]
+SpoolSync = Literal["normal", "full"]
 
 
 def _check_ws_url(url: str) -> str:
@@ -378,6 +380,14 @@ class Settings(BaseSettings):
     """json, console, or auto (console on a terminal, else json)"""
     workers: int = Field(1, ge=1)
     """Bytewax workers in this process (-w or BYTEWAX_WORKERS_PER_PROCESS win)"""
+    spool_dir: str | None = None
+    """a directory for the crash-safe spool between the dataflow and the sink (off when unset)"""
+    spool_max_bytes: int = Field(1_073_741_824, ge=1)
+    """the spool's limit, in bytes of envelopes"""
+    spool_when_full: WhenFull = "block"
+    """block: backpressure, as without a spool; drop_newest: refuse new batches, counted"""
+    spool_sync: SpoolSync = "normal"
+    """normal: a commit survives a crash of the process; full: a power loss too (slower)"""
 
     @field_validator("sources", mode="before")
     @classmethod
@@ -412,10 +422,15 @@ class Settings(BaseSettings):
         return None if value is None else _check_ws_url(value)
 
     @field_validator("log_level", "log_format", "payload", "on_invalid", "sink_framing",
-                     "sink_confirm", mode="before")
+                     "sink_confirm", "spool_when_full", "spool_sync", mode="before")
     @classmethod
     def _lower(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("spool_dir")
+    @classmethod
+    def _spool_dir(cls, value: str | None) -> str | None:
+        return value.strip() or None if value is not None else None
 
     @field_validator("transform")
     @classmethod
@@ -475,6 +490,10 @@ class Settings(BaseSettings):
             sink=sink("sink", self.sink_url, reveal(self.sink_headers)),
             dead_letter=(sink("dead_letter", self.dead_letter_url, {})
                          if self.on_invalid == "dead-letter" and self.dead_letter_url else None),
+            spool=(SpoolOptions(
+                directory=self.spool_dir, max_bytes=self.spool_max_bytes,
+                when_full=self.spool_when_full, synchronous=self.spool_sync)
+                if self.spool_dir else None),
         )
 
     def masked(self) -> dict[str, Any]:
@@ -534,6 +553,21 @@ class SinkOptions:
 
 
 @dataclass(frozen=True)
+class SpoolOptions:
+    """The on-disk spool between the dataflow and the sink (INGEST_SPOOL_*)."""
+
+    directory: str
+    max_bytes: int
+    when_full: WhenFull
+    synchronous: SpoolSync = "normal"
+
+    def for_process(self, process_id: int | None) -> SpoolOptions:
+        """Each process of a cluster spools under `<directory>/<process id>` (a single process
+        is process 0), so growing a single process into a cluster keeps its spool."""
+        return replace(self, directory=os.path.join(self.directory, str(process_id or 0)))
+
+
+@dataclass(frozen=True)
 class Options:
     """Everything `build_flow` needs, typed."""
 
@@ -541,6 +575,7 @@ class Options:
     envelope: EnvelopeOptions
     sink: SinkOptions
     dead_letter: SinkOptions | None
+    spool: SpoolOptions | None = None
 
 
 # A valid value for each required variable, so a second pass can run the consistency checks

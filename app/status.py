@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 
 @dataclass
@@ -30,6 +31,13 @@ class FeedHealth:
 
     def seen(self) -> None:
         self.alive_at = time.monotonic()
+
+
+class SpoolState(NamedTuple):
+    """What `/readyz` needs to know of a spool: bytes waiting, and whether a batch fits."""
+
+    bytes: int
+    takes_batches: bool
 
 
 class ConnectionStatus:
@@ -49,7 +57,13 @@ class ConnectionStatus:
         self._all_local = all_local
         self._feeds: dict[str, FeedHealth] = {}
         self._sinks: dict[str, bool] = {}
+        self._spool: Callable[[], SpoolState] | None = None
         self._handed_over = False
+
+    def set_spool(self, state: Callable[[], SpoolState]) -> None:
+        """With a spool: a sink that is down keeps the process ready while the spool takes
+        batches (`state` is called on every `/readyz`: it must be cheap)."""
+        self._spool = state
 
     @property
     def running(self) -> bool:
@@ -86,7 +100,8 @@ class ConnectionStatus:
             return bool(self._sinks) and all(self._sinks.values())
 
     def readiness(self) -> dict[str, object]:
-        """{"ready": bool, "sources_down": [...], "sink_up": bool}."""
+        """{"ready": bool, "sources_down": [...], "sink_up": bool}, and with a spool
+        "spool_bytes" (bytes waiting) and "spool_full" (it takes no more batches)."""
         now = time.monotonic()
         with self._lock:
             started = bool(self._feeds) or bool(self._sinks)
@@ -97,5 +112,12 @@ class ConnectionStatus:
             else:
                 down = list(self._configured)
         sink_up = self.sink_up()
-        return {"ready": started and not down and sink_up, "sources_down": down,
-                "sink_up": sink_up}
+        body: dict[str, object] = {"ready": False, "sources_down": down, "sink_up": sink_up}
+        delivering = sink_up
+        if self._spool is not None:
+            spool = self._spool()
+            body["spool_bytes"] = spool.bytes
+            body["spool_full"] = not spool.takes_batches
+            delivering = sink_up or spool.takes_batches
+        body["ready"] = started and not down and delivering
+        return body

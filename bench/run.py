@@ -44,6 +44,18 @@ def memory_kib(pid: int, key: str) -> int:
     return 0
 
 
+def write_bytes(pid: int) -> int:
+    """Bytes this process caused to be written to storage (/proc/<pid>/io)."""
+    try:
+        with open(f"/proc/{pid}/io") as io:
+            for line in io:
+                if line.startswith("write_bytes:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
 
@@ -58,6 +70,7 @@ class Case:
     idle: int = 0  # feeds that send nothing
     workers: int = 1
     processes: int = 1  # of the service; for the baseline, relays the feeds are split over
+    spool: bool = False  # INGEST_SPOOL_DIR in a fresh temporary directory
     extra_env: dict[str, str] = field(default_factory=dict)
     feed_keys: dict[str, Any] = field(default_factory=dict)  # more keys of every feed
 
@@ -102,6 +115,8 @@ def relays(case: Case, source_port: int,
                 "INGEST_WORKERS": str(case.workers), "INGEST_METRICS_HOST": "127.0.0.1",
                 "INGEST_METRICS_PORT": str(metrics_port), "INGEST_LOG_LEVEL": "warning",
                 "INGEST_LOG_FORMAT": "json", **case.extra_env})
+    if case.spool:
+        env["INGEST_SPOOL_DIR"] = tempfile.mkdtemp(prefix="bench-spool-")
     if case.processes == 1:
         processes = [start(["-m", "app"], env)]
     else:
@@ -176,6 +191,7 @@ def run_case(case: Case) -> dict[str, Any]:
     try:
         time.sleep(0.5)  # connected, subscribed, idle
         cpu_before = sum(cpu_seconds(p.pid) for p in relay)
+        written_before = sum(write_bytes(p.pid) for p in relay)
         rss_samples: list[tuple[float, int]] = []
         started = time.monotonic()
         start_file.touch()
@@ -186,6 +202,7 @@ def run_case(case: Case) -> dict[str, Any]:
             if time.monotonic() - started > 150:
                 receiver.kill()
         cpu = sum(cpu_seconds(p.pid) for p in relay) - cpu_before
+        written = sum(write_bytes(p.pid) for p in relay) - written_before
         wall = time.monotonic() - started
         peak_rss_mib = max(memory_kib(p.pid, "VmHWM") for p in relay) / 1024
     finally:
@@ -200,14 +217,16 @@ def run_case(case: Case) -> dict[str, Any]:
     received = result["count"]
     seconds = max(1e-9, result["last"] - result["first"]) if received else float("nan")
     figures: dict[str, Any] = {
-        "case": case.name, "relay": case.relay, "feeds": case.feeds + case.idle,
-        "workers": case.workers, "startup_s": round(startup, 2),
+        "case": case.name, "relay": case.relay + (" + spool" if case.spool else ""),
+        "feeds": case.feeds + case.idle, "workers": case.workers,
+        "startup_s": round(startup, 2),
         "processes": case.processes, "offered_rate": case.rate * case.feeds or "saturation",
         "messages": received, "complete": received == total,
         "messages_per_s": round(received / seconds),
         "peak_rss_mib": round(peak_rss_mib, 1),
         "cpu_s_per_million": round(cpu / max(1, received) * 1e6, 2),
         "cores_used": round(cpu / wall, 2),  # by the relay, start file to last arrival
+        "disk_bytes_per_message": round(written / max(1, received)),
     }
     if case.rate:
         latencies = sorted(result["latencies"])
@@ -252,14 +271,16 @@ def cases(quick: bool) -> list[Case]:
         Case("1000 feeds x 10 msg/s", "baseline", 10 * many, rate=10, feeds=1000),
         Case("1000 feeds x 10 msg/s", "service", 10 * many, rate=10, feeds=1000),
         Case("1000 idle feeds", "service", 0, feeds=0, idle=1000),
+        Case("saturation", "service", n, spool=True),
+        Case("5000 msg/s", "service", fixed * seconds, rate=fixed, spool=True),
     ]
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
     columns = ["case", "relay", "messages_per_s", "latency_p50_ms", "latency_p99_ms",
                "latency_max_ms", "peak_rss_mib", "cpu_s_per_million", "cores_used",
-               "rss_mib_at_10s", "rss_mib_at_end", "startup_s", "idle_cores", "rss_mib",
-               "fds_per_feed", "complete"]
+               "disk_bytes_per_message", "rss_mib_at_10s", "rss_mib_at_end", "startup_s",
+               "idle_cores", "rss_mib", "fds_per_feed", "complete"]
     print(" | ".join(columns))
     for row in rows:
         print(" | ".join(str(row.get(c, "")) for c in columns))
@@ -278,6 +299,8 @@ def ratios(rows: list[dict[str, Any]]) -> dict[str, float]:
 
     service, baseline = find("saturation", "service"), find("saturation", "baseline")
     fixed_s, fixed_b = find("5000 msg/s", "service"), find("5000 msg/s", "baseline")
+    spooled, fixed_spooled = (find("saturation", "service + spool"),
+                              find("5000 msg/s", "service + spool"))
     return {
         "venue rules / none, saturation throughput": round(
             throughput("saturation, venue rules") / throughput("saturation"), 2),
@@ -286,6 +309,10 @@ def ratios(rows: list[dict[str, Any]]) -> dict[str, float]:
             "1000 feeds x 10 msg/s"),
         "cpu per message service/baseline, 999 idle + 1 busy": cpu_ratio(
             "1000 feeds: 999 idle + 1 at 5000 msg/s"),
+        "throughput with spool / without": round(spooled["messages_per_s"]
+                                                 / service["messages_per_s"], 2),
+        "p99 latency at 5000 msg/s with spool (ms)": fixed_spooled["latency_p99_ms"],
+        "disk bytes per message with spool (saturation)": spooled["disk_bytes_per_message"],
         "throughput service/baseline": round(service["messages_per_s"]
                                              / baseline["messages_per_s"], 2),
         "cpu per message service/baseline": round(service["cpu_s_per_million"]
@@ -307,12 +334,13 @@ def ratios(rows: list[dict[str, Any]]) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller runs, for a smoke check")
-    parser.add_argument("--only", help="run only the cases whose name contains this")
+    parser.add_argument("--only", help="run only the cases whose name and relay (with "
+                        "' spool' for the spool cases) contain this")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     rows = []
     for case in cases(args.quick):
-        if args.only and args.only not in case.name:
+        if args.only and args.only not in f"{case.name} {case.relay}{' spool' * case.spool}":
             continue
         rows.append(run_case(case))
         print(json.dumps(rows[-1]), flush=True)

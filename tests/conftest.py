@@ -13,6 +13,7 @@ from app.flow import build_flow
 from app.metrics import Metrics
 from app.settings import ENV_PREFIX, Settings
 from app.shutdown import StopSignal
+from app.sink.spooled import open_spool
 from app.status import ConnectionStatus
 from app.transform import load_transform
 from support.servers import Sink, WsServer
@@ -73,9 +74,13 @@ class InProcess:
         self.error: BaseException | None = None
         self._logs = structlog.testing.capture_logs()
         self._captured = self._logs.__enter__()
-        flow = build_flow(settings.options(), workers=workers,
+        options = settings.options()
+        # As `python -m app` does: this process's spool, opened before the dataflow.
+        self.spool = open_spool(options.spool, None) if options.spool else None
+        flow = build_flow(options, workers=workers,
                           transform=load_transform(settings.transform), status=self.status,
-                          metrics=Metrics(self.registry), stopping=self.stopping)
+                          metrics=Metrics(self.registry), stopping=self.stopping,
+                          spool=self.spool)
 
         def run() -> None:
             try:
@@ -85,6 +90,9 @@ class InProcess:
                     cluster_main(flow, [], 0, worker_count_per_proc=workers)
             except BaseException as error:  # handed to the test by stop()
                 self.error = error
+            finally:
+                if self.spool is not None:
+                    self.spool.close()
 
         self._thread = threading.Thread(target=run, name="dataflow", daemon=True)
         self._thread.start()

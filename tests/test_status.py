@@ -40,3 +40,23 @@ def test_without_a_cluster_every_configured_feed_must_be_registered_to_be_ready(
     a.connected = True
     a.seen()
     assert status.readiness() == {"ready": False, "sources_down": ["b"], "sink_up": True}
+
+
+def test_with_a_spool_that_takes_batches_a_sink_outage_keeps_the_process_ready():
+    from app.status import SpoolState
+
+    status = ConnectionStatus()
+    state = SpoolState(0, True)
+    status.set_spool(lambda: state)
+    status.set_source("a", True)
+    status.set_sink("sink-spool", False)
+    state = SpoolState(5000, True)
+    assert status.readiness() == {"ready": True, "sources_down": [], "sink_up": False,
+                                  "spool_bytes": 5000, "spool_full": False}
+    state = SpoolState(9000, False)  # full: the outage now holds the workers back
+    assert status.readiness() == {"ready": False, "sources_down": [], "sink_up": False,
+                                  "spool_bytes": 9000, "spool_full": True}
+    status.set_sink("sink-spool", True)
+    assert status.readiness()["ready"] is True  # the sink drains it
+    status.set_source("a", False)
+    assert status.readiness()["ready"] is False

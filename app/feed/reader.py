@@ -32,6 +32,7 @@ from app.errors import IngestError
 from app.feed.control import HeartbeatClock, SubscribeTracker, Verdict, describe_frame
 from app.feed.hook import Connector
 from app.feed.inflate import InflateError, TooLarge, inflate
+from app.feed.seqblocks import SeqBlocks
 from app.feed.sequence import SequenceTracker
 from app.logs import RateLimiter
 from app.metrics import FeedMetrics
@@ -72,7 +73,8 @@ class FeedReader:
 
     def __init__(self, feed: FeedSettings, options: SourceOptions, status: ConnectionStatus,
                  metrics: FeedMetrics, on_data: Callable[[FeedReader], None],
-                 log: structlog.typing.FilteringBoundLogger) -> None:
+                 log: structlog.typing.FilteringBoundLogger,
+                 seq_blocks: SeqBlocks | None = None) -> None:
         self.feed = feed
         self.name = feed.name
         self._options = options
@@ -104,7 +106,9 @@ class FeedReader:
         self._pending_bytes = 0
         self._has_room = asyncio.Event()
         self._has_room.set()
-        self._seq = 0
+        self._seq_blocks = seq_blocks or SeqBlocks()
+        # Numbers above _reserved are reserved (durably, with a spool) before they are used.
+        self._seq = self._reserved = self._seq_blocks.resume(feed.name)
         self._last_frame_at = 0.0
         self._quiet = RateLimiter()
         # Make before break: the rotation under way, the switch it made, the connection left.
@@ -232,6 +236,8 @@ class FeedReader:
         if size > self.feed.max_message_bytes:  # invalid anyway: keep what a dead letter shows
             payload = payload[:KEPT_OF_TOO_LARGE]
         self._seq += 1
+        if self._seq > self._reserved:
+            self._reserved = self._seq_blocks.reserve(self.name, self._seq)
         if not self._pending:
             self._on_data(self)
         self._pending.append(Frame(self._seq, received_at, payload, size))

@@ -9,8 +9,9 @@ an idle feed costs no poll time and a busy one is served as soon as it has data.
 
 Guarantees: per feed, frames are handed over in the order received, numbered by `seq` from 1
 across reconnects. A feed cannot be replayed: what upstream sends while no connection is open is
-lost; `ingest_source_up` and `ingest_source_connects_total` say when. No resume state: a
-restarted process numbers from 1 again. On `stopping`, a partition closes every connection with
+lost; `ingest_source_up` and `ingest_source_connects_total` say when. No resume state but `seq`:
+without a spool a restarted process numbers from 1 again; with one it goes on after the last
+number reserved (`app.feed.seqblocks`). On `stopping`, a partition closes every connection with
 code 1000 (all at once), hands over what was read, and ends.
 """
 
@@ -26,6 +27,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition, batc
 
 from app.envelope import Chunk, Poll
 from app.feed.reader import FeedReader
+from app.feed.seqblocks import SeqBlocks
 from app.metrics import Metrics
 from app.net import MIN_CLOSE_S, STOP_CLOSE_TIMEOUT_S
 from app.settings import FeedSettings, SourceOptions
@@ -37,7 +39,8 @@ class _FeedsPartition(StatefulSourcePartition[Poll, None]):
     """Some feeds, read in one event loop; runs on the worker thread that owns the partition."""
 
     def __init__(self, key: str, feeds: list[FeedSettings], options: SourceOptions,
-                 status: ConnectionStatus, metrics: Metrics, stopping: threading.Event) -> None:
+                 status: ConnectionStatus, metrics: Metrics, stopping: threading.Event,
+                 seq_blocks: SeqBlocks | None = None) -> None:
         self._options = options
         self._stopping = stopping
         self._log = structlog.get_logger("app.source").bind(partition=key)
@@ -47,7 +50,7 @@ class _FeedsPartition(StatefulSourcePartition[Poll, None]):
         self._metrics = {feed.name: metrics.feed(feed.name) for feed in feeds}
         self._readers = [
             FeedReader(feed, options, status, self._metrics[feed.name], self._mark_ready,
-                       self._log)
+                       self._log, seq_blocks)
             for feed in feeds]
         self._polls = batch_async(self._wakeups(), options.batch_timeout, 1, self._loop)
         self._tasks: list[asyncio.Task[None]] = []
@@ -149,17 +152,19 @@ class WebSocketSource(FixedPartitionedSource[Poll, None]):
     """Reads every feed; `partitions` should be the cluster's total number of workers."""
 
     def __init__(self, options: SourceOptions, partitions: int, status: ConnectionStatus,
-                 metrics: Metrics, stopping: threading.Event) -> None:
+                 metrics: Metrics, stopping: threading.Event,
+                 seq_blocks: SeqBlocks | None = None) -> None:
         count = max(1, min(partitions, len(options.feeds)))
         self._groups = {f"feeds-{i}": list(options.feeds[i::count]) for i in range(count)}
         self._options = options
         self._status = status
         self._metrics = metrics
         self._stopping = stopping
+        self._seq_blocks = seq_blocks
 
     def list_parts(self) -> list[str]:
         return list(self._groups)
 
     def build_part(self, step_id: str, for_part: str, resume_state: None) -> _FeedsPartition:
         return _FeedsPartition(for_part, self._groups[for_part], self._options, self._status,
-                               self._metrics, self._stopping)
+                               self._metrics, self._stopping, self._seq_blocks)

@@ -5,8 +5,13 @@ sockets, no metrics objects, no policy. It keeps
 
 - the records waiting to be sent, in the order appended, each under an `id` that only grows (ids
   are assigned here, not by SQLite, so that emptying the table never makes an id come back while a
-  drainer still remembers a larger one; a reopened spool goes on after its last record, or from 1
-  if it is empty);
+  drainer still remembers a larger one; a reopened spool goes on after its last record, or after
+  the confirmed mark below if it is empty). Each `append` is stored as one row per up to 1 MiB of
+  messages (concatenated, with their sources, seqs, receipt times and lengths packed beside
+  them), so SQLite's work per row, not per message, is what a message costs; records keep ids
+  of their own, and the id up to which records are confirmed is kept in a one-row table (a row
+  confirmed in part stays stored until the rest of it is confirmed: bytes on disk, not in the
+  counts);
 - a per-feed `seq` high-water mark, so that a restarted process never reuses a number.
 
 Threads (every method is thread-safe; this is who is expected to call what):
@@ -44,32 +49,50 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
+import json
 import os
 import sqlite3
 import tempfile
 import threading
 import time
+from array import array
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import IO, Literal, NamedTuple
+from typing import IO, Any, Literal, NamedTuple
 
 from app.errors import ConfigError, IngestError
 
 DB_NAME = "spool.db"
 LOCK_NAME = "spool.lock"
+ROW_BYTES = 1_048_576
+"""Most message bytes stored in one row: a batch larger than that is several rows (one commit)."""
 WAL_SIZE_LIMIT = 64 * 1024 * 1024
+AUTO_CHECKPOINT_PAGES = 4_000
+"""WAL pages (16 MB at 4 KiB) past which a commit checkpoints itself: `checkpoint()` from a
+thread of its own usually comes first."""
 """Bytes the WAL file is truncated back to after a checkpoint (it grows past it only in bursts)."""
 
 Synchronous = Literal["NORMAL", "FULL"]
 
+# A batch's records are ids first_id .. first_id + count - 1. `end_offset` is the running total of
+# message bytes appended, after this batch. Packed columns are native-endian arrays (the spool
+# never leaves its machine): seqs int64, received float64, lengths uint32; sources is JSON
+# [[source, run length], ...].
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS records (
-    id INTEGER PRIMARY KEY,
-    source TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    received_at REAL NOT NULL,
-    message BLOB NOT NULL,
-    end_offset INTEGER NOT NULL
+CREATE TABLE IF NOT EXISTS batches (
+    first_id INTEGER PRIMARY KEY,
+    count INTEGER NOT NULL,
+    end_offset INTEGER NOT NULL,
+    sources TEXT NOT NULL,
+    seqs BLOB NOT NULL,
+    received BLOB NOT NULL,
+    lengths BLOB NOT NULL,
+    messages BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS confirmed (
+    only INTEGER PRIMARY KEY CHECK (only = 1),
+    upto INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS seq_marks (
     source TEXT PRIMARY KEY,
@@ -131,11 +154,16 @@ class Spool:
             try:
                 self._writer.executescript(_SCHEMA)
                 self._reader = _connect(path, synchronous)
+                self._checkpointer = _connect(path, synchronous)
+                confirmed_row = self._writer.execute(
+                    "SELECT upto FROM confirmed WHERE only = 1").fetchone()
+                confirmed = int(confirmed_row[0]) if confirmed_row else 0
                 head = self._writer.execute(
-                    "SELECT id, end_offset - length(message), received_at FROM records"
-                    " ORDER BY id LIMIT 1").fetchone()
+                    "SELECT first_id, count, end_offset, received, lengths FROM batches"
+                    " ORDER BY first_id LIMIT 1").fetchone()
                 tail = self._writer.execute(
-                    "SELECT id, end_offset FROM records ORDER BY id DESC LIMIT 1").fetchone()
+                    "SELECT first_id, count, end_offset FROM batches"
+                    " ORDER BY first_id DESC LIMIT 1").fetchone()
             except BaseException:
                 self._writer.close()
                 raise
@@ -143,18 +171,26 @@ class Spool:
             self._lock_file.close()
             raise ConfigError([f"INGEST_SPOOL_DIR: cannot write {self.directory} ({e})"]) from e
         self._write_lock = threading.Lock()
+        self._checkpoint_lock = threading.Lock()
+        self._writes = 0  # commits since the last checkpoint()
         self._read_lock = threading.Lock()
         # Guards the counters below; notified when append() adds or confirm() frees room.
         self._changed = threading.Condition(threading.Lock())
         self._closed = False
         # What is waiting is exactly ids head_id .. next_id - 1: ids are handed out here one after
-        # the other and only ever deleted from the front. `end_offset` is a running total of the
-        # bytes appended, so the byte count takes two lookups, never a scan (open and confirm).
-        self._head_id: int = head[0] if head else 1
-        self._confirmed_end: int = head[1] if head else 0
-        self._oldest: float | None = head[2] if head else None
-        self._next_id: int = tail[0] + 1 if tail else 1
-        self._appended_end: int = tail[1] if tail else 0
+        # the other and only ever confirmed from the front. `end_offset` is a running total of
+        # the bytes appended, so the byte count takes two lookups, never a scan (open, confirm).
+        # An empty spool goes on after the confirmed mark, so the mark never covers a new id.
+        self._head_id = confirmed + 1
+        self._confirmed_end = 0
+        self._oldest: float | None = None
+        if head:
+            start = max(0, confirmed + 1 - head[0])  # records of the first batch confirmed
+            self._head_id = head[0] + start
+            self._confirmed_end = head[2] - sum(_unpack("I", head[4])[start:])
+            self._oldest = _unpack("d", head[3])[start]
+        self._next_id: int = tail[0] + tail[1] if tail else self._head_id
+        self._appended_end: int = tail[2] if tail else 0
 
     # -- worker thread ---------------------------------------------------------------------------
 
@@ -218,22 +254,31 @@ class Spool:
         """
         out: list[Stored] = []
         total = 0
+        with self._changed:
+            after_id = max(after_id, self._head_id - 1)  # confirmed ones are not waiting
         with self._read_lock:
             self._check_open()
             try:
-                cursor = self._reader.execute(
-                    "SELECT id, source, seq, received_at, message FROM records"
-                    " WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit))
+                self._reader.execute("BEGIN")  # one snapshot for both statements
+                cursor = self._reader.cursor()
                 try:
-                    for row in cursor:
-                        out.append(Stored(*row))
-                        total += len(row[4])
-                        if total >= max_bytes:
-                            break
+                    start = cursor.execute(
+                        "SELECT max(first_id) FROM batches WHERE first_id <= ?",
+                        (after_id + 1,)).fetchone()[0]
+                    cursor.execute(
+                        "SELECT first_id, sources, seqs, received, lengths, messages"
+                        " FROM batches WHERE first_id >= ? ORDER BY first_id", (start or 0,))
+                    for first_id, sources, seqs, received, lengths, messages in cursor:
+                        for stored in _records(first_id, after_id, sources, seqs, received,
+                                               lengths, messages):
+                            out.append(stored)
+                            total += len(stored.message)
+                            if len(out) >= limit or total >= max_bytes:
+                                return out
                 finally:
-                    # Ends the read transaction now rather than when the cursor is collected,
-                    # so checkpoints are not held back.
+                    # Ends the read transaction now, so checkpoints are not held back.
                     cursor.close()
+                    self._reader.execute("COMMIT")
             except sqlite3.Error as e:
                 raise SpoolError(f"spool read failed: {e}") from e
         return out
@@ -246,15 +291,30 @@ class Spool:
             if upto < self._head_id:
                 return  # nothing waiting at or below it
             with self._transaction("confirm"):
-                end = self._writer.execute(
-                    "SELECT end_offset FROM records WHERE id = ?", (upto,)).fetchone()[0]
-                self._writer.execute("DELETE FROM records WHERE id <= ?", (upto,))
-                head = self._writer.execute(
-                    "SELECT received_at FROM records WHERE id = ?", (upto + 1,)).fetchone()
+                first_id, count, end, lengths = self._writer.execute(
+                    "SELECT first_id, count, end_offset, lengths FROM batches"
+                    " WHERE first_id <= ? ORDER BY first_id DESC LIMIT 1", (upto,)).fetchone()
+                done = upto - first_id + 1  # records of that batch now confirmed
+                end -= sum(_unpack("I", lengths)[done:])
+                # Batches wholly confirmed go; the one confirmed in part stays, behind the mark.
+                below = first_id + 1 if done == count else first_id
+                self._writer.execute("DELETE FROM batches WHERE first_id < ?", (below,))
+                if done < count:
+                    # Needed only for a row confirmed in part: a stale mark below every stored
+                    # id is harmless, and not writing it saves a page per confirm.
+                    self._writer.execute(
+                        "INSERT INTO confirmed (only, upto) VALUES (1, ?)"
+                        " ON CONFLICT (only) DO UPDATE SET upto = excluded.upto", (upto,))
+                oldest = None
+                if upto + 1 < self._next_id:
+                    nxt = self._writer.execute(
+                        "SELECT first_id, received FROM batches WHERE first_id <= ?"
+                        " ORDER BY first_id DESC LIMIT 1", (upto + 1,)).fetchone()
+                    oldest = _unpack("d", nxt[1])[upto + 1 - nxt[0]]
             with self._changed:
                 self._head_id = upto + 1
                 self._confirmed_end = end
-                self._oldest = head[0] if head else None
+                self._oldest = oldest
                 self._changed.notify_all()
 
     # -- source ----------------------------------------------------------------------------------
@@ -294,15 +354,36 @@ class Spool:
 
     def close(self) -> None:
         """Close the database (idempotent). Later calls raise `SpoolError`; waiters return."""
-        with self._write_lock, self._read_lock:
+        with self._write_lock, self._read_lock, self._checkpoint_lock:
             if self._closed:
                 return
             with self._changed:
                 self._closed = True
                 self._changed.notify_all()
             self._reader.close()
+            self._checkpointer.close()
             self._writer.close()
             self._lock_file.close()  # releases the directory for the next process
+
+    def checkpoint(self) -> bool:
+        """Copy what the WAL holds into the database, if anything was committed since the last
+        call; True if it did. PASSIVE: it neither waits for nor blocks `append` and `confirm`.
+
+        Commits run a checkpoint themselves only once the WAL passes AUTO_CHECKPOINT_PAGES;
+        calling this from a thread of its own, every fraction of a second, keeps the worker's
+        commits clear of the checkpoint's writes and fsyncs (the drainer does).
+        """
+        with self._checkpoint_lock:
+            self._check_open()
+            with self._changed:
+                writes, self._writes = self._writes, 0
+            if not writes:
+                return False
+            try:
+                self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            except sqlite3.Error as e:
+                raise SpoolError(f"spool checkpoint failed: {e}") from e
+            return True
 
     # -- inside ----------------------------------------------------------------------------------
 
@@ -316,15 +397,28 @@ class Spool:
 
     def _insert(self, records: Sequence[Record]) -> None:
         first = self._next_id
-        end = self._appended_end
-        rows = []
-        for i, r in enumerate(records):
-            end += len(r.message)
-            rows.append((first + i, r.source, r.seq, r.received_at, r.message, end))
+        bounds = list(_row_bounds(records))
+        ends = list(itertools.accumulate(
+            (sum(len(r.message) for r in records[begin:stop]) for begin, stop in bounds),
+            initial=self._appended_end))[1:]
+
+        def rows() -> Iterator[tuple[object, ...]]:
+            # One row at a time: a large batch is never copied whole.
+            for (begin, stop), end in zip(bounds, ends, strict=True):
+                part = records[begin:stop]
+                runs = [(source, len(list(run)))
+                        for source, run in itertools.groupby(r.source for r in part)]
+                yield (first + begin, len(part), end, json.dumps(runs, separators=(",", ":")),
+                       array("q", [r.seq for r in part]).tobytes(),
+                       array("d", [r.received_at for r in part]).tobytes(),
+                       array("I", [len(r.message) for r in part]).tobytes(),
+                       b"".join([r.message for r in part]))
+
         with self._transaction("append"):
             self._writer.executemany(
-                "INSERT INTO records (id, source, seq, received_at, message, end_offset)"
-                " VALUES (?, ?, ?, ?, ?, ?)", rows)
+                "INSERT INTO batches (first_id, count, end_offset, sources, seqs, received,"
+                " lengths, messages) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows())
+        end = ends[-1]
         with self._changed:
             if self._next_id == self._head_id:
                 self._oldest = records[0].received_at
@@ -340,6 +434,8 @@ class Spool:
             self._writer.execute("BEGIN IMMEDIATE")
             yield
             self._writer.execute("COMMIT")
+            with self._changed:
+                self._writes += 1
         except BaseException as e:
             if self._writer.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
@@ -347,6 +443,41 @@ class Spool:
             if isinstance(e, sqlite3.Error):
                 raise SpoolError(f"spool {what} failed: {e}") from e
             raise
+
+
+def _row_bounds(records: Sequence[Record]) -> Iterator[tuple[int, int]]:
+    """(begin, end) of the rows a batch is stored as: at most ROW_BYTES of messages each (at
+    least one record), so reading a row back never costs more memory than that."""
+    begin, size = 0, 0
+    for index, record in enumerate(records):
+        if index > begin and size + len(record.message) > ROW_BYTES:
+            yield begin, index
+            begin, size = index, 0
+        size += len(record.message)
+    yield begin, len(records)
+
+
+def _unpack(typecode: str, packed: bytes) -> array[Any]:
+    values = array(typecode)
+    values.frombytes(packed)
+    return values
+
+
+def _records(first_id: int, after_id: int, sources: str, seqs: bytes, received: bytes,
+             lengths: bytes, messages: bytes) -> Iterator[Stored]:
+    """The records of one stored batch with ids above `after_id`, in order."""
+    seq_values, received_values = _unpack("q", seqs), _unpack("d", received)
+    length_values = _unpack("I", lengths)
+    index = offset = 0
+    skip = after_id + 1 - first_id  # records of this batch at or below after_id
+    for source, run in json.loads(sources):
+        for _ in range(run):
+            length = length_values[index]
+            if index >= skip:
+                yield Stored(first_id + index, source, seq_values[index],
+                             received_values[index], messages[offset:offset + length])
+            index += 1
+            offset += length
 
 
 def _check_writable(directory: Path) -> None:
@@ -386,6 +517,7 @@ def _connect(path: Path, synchronous: Synchronous) -> sqlite3.Connection:
         raise sqlite3.OperationalError(f"journal_mode is {mode}, WAL refused")
     conn.execute(f"PRAGMA synchronous={synchronous}")
     conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
+    conn.execute(f"PRAGMA wal_autocheckpoint={AUTO_CHECKPOINT_PAGES}")
     # Debian's SQLite (so python:*-slim images) is built with SECURE_DELETE, which zeroes the
     # overflow pages of every confirmed record larger than a page: 16.7 KB written to delete one
     # 8 KB message, against 0.2 KB without (bench/spool_store.py's figures, same machine).

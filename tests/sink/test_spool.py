@@ -205,7 +205,8 @@ def test_a_full_disk_raises_spool_error_changes_nothing_and_the_store_recovers(
     directory = tmp_path / "spool"
     spool = Spool(directory, max_bytes=1 << 30)
     try:
-        spool.append(records("a", 1, 400, size=1000))
+        for first in range(1, 400, 100):  # four batches: confirming 300 frees three
+            spool.append(records("a", first, 100, size=1000))
         # A full disk, as SQLite sees one: no page may be added to the database (same error,
         # SQLITE_FULL "database or disk is full"). The limit is per connection: the writer's.
         with spool._write_lock:
@@ -298,3 +299,58 @@ def test_every_batch_reported_committed_survives_sigkill_in_order(
         assert spool.stats()[:2] == (sum(len(s.message) for s in stored), len(stored))
     finally:
         spool.close()
+
+
+def test_a_reopened_spool_emptied_after_a_partial_confirm_never_hides_new_records(
+        tmp_path: Path) -> None:
+    directory = tmp_path / "spool"
+    first = Spool(directory, max_bytes=1 << 20)
+    first.append(records("a", 1, 3))
+    first.confirm(2)  # in part: the mark is written
+    first.confirm(3)  # the whole row goes; the mark stays at 2
+    first.close()
+    again = Spool(directory, max_bytes=1 << 20)
+    try:
+        assert again.stats() == (0, 0, None)
+        again.append(records("a", 4, 2))
+        assert [s.seq for s in everything(again)] == [4, 5]
+        assert everything(again)[0].id > 2  # above the mark: not taken for confirmed
+        again.confirm(everything(again)[0].id)  # in part: the rest of the row stays waiting
+        assert [s.seq for s in again.peek(0, 10, 1 << 20)] == [5]
+    finally:
+        again.close()
+
+
+def test_a_batch_over_the_row_size_is_several_rows_committed_together(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import app.sink.spool as spool_module
+
+    monkeypatch.setattr(spool_module, "ROW_BYTES", 250)  # rows of two 100-byte records
+    directory = tmp_path / "spool"
+    first = Spool(directory, max_bytes=1 << 20)
+    first.append(records("a", 1, 7, size=100))
+    with sqlite3.connect(directory / "spool.db") as db:
+        assert db.execute("SELECT count(*) FROM batches").fetchone()[0] == 4
+    assert [s.seq for s in first.peek(2, 3, 1 << 20)] == [3, 4, 5]  # across rows
+    first.confirm(3)  # the first row goes, the second is confirmed in part
+    assert first.stats() == (400, 4, 1004.0)
+    first.close()
+    again = Spool(directory, max_bytes=1 << 20)
+    try:
+        assert again.stats() == (400, 4, 1004.0)
+        assert [(s.id, s.seq) for s in everything(again)] == [(4, 4), (5, 5), (6, 6), (7, 7)]
+    finally:
+        again.close()
+
+
+def test_checkpoint_copies_the_wal_only_when_something_was_committed(spool: Spool) -> None:
+    assert spool.checkpoint() is False
+    spool.append(records("a", 1, 3))
+    assert spool.checkpoint() is True
+    assert spool.checkpoint() is False
+    spool.confirm(3)
+    assert spool.checkpoint() is True
+    assert counted(spool) == (0, 0)
+    spool.close()
+    with pytest.raises(SpoolError):
+        spool.checkpoint()
