@@ -48,7 +48,9 @@ def test_with_a_spool_that_takes_batches_a_sink_outage_keeps_the_process_ready()
     status = ConnectionStatus()
     state = SpoolState(0, True)
     status.set_spool(lambda: state)
-    status.set_source("a", True)
+    feed = status.feed("a", 10)
+    feed.connected = True
+    feed.seen()
     status.set_sink("sink-spool", False)
     state = SpoolState(5000, True)
     assert status.readiness() == {"ready": True, "sources_down": [], "sink_up": False,
@@ -58,5 +60,5 @@ def test_with_a_spool_that_takes_batches_a_sink_outage_keeps_the_process_ready()
                                   "spool_bytes": 9000, "spool_full": True}
     status.set_sink("sink-spool", True)
     assert status.readiness()["ready"] is True  # the sink drains it
-    status.set_source("a", False)
+    feed.connected = False
     assert status.readiness()["ready"] is False
