@@ -12,20 +12,24 @@ Envelope = dict[str, Any]
 Transform = Callable[[Envelope], "Envelope | list[Envelope] | None"]
 
 
-def load_transform(path: str | None) -> Transform | None:
-    """Import `package.module:function`; any failure is a ConfigError naming INGEST_TRANSFORM."""
-    if path is None:
-        return None
+def load_callable(path: str, where: str) -> Callable[..., Any]:
+    """Import `package.module:function`; any failure is a ConfigError naming `where` (the
+    setting). Shared by INGEST_TRANSFORM and the feeds' connect_hook."""
     module_name, _, attribute = path.partition(":")
     try:
         target: Any = importlib.import_module(module_name)
         for part in attribute.split("."):
             target = getattr(target, part)
     except Exception as exc:  # an import runs arbitrary code: report whatever it raised
-        raise ConfigError([f"INGEST_TRANSFORM: cannot load {path!r} ({exc!r})"]) from None
+        raise ConfigError([f"{where}: cannot load {path!r} ({exc!r})"]) from None
     if not callable(target):
-        raise ConfigError([f"INGEST_TRANSFORM: {path!r} is not callable"])
-    return cast(Transform, target)
+        raise ConfigError([f"{where}: {path!r} is not callable"])
+    return cast(Callable[..., Any], target)
+
+
+def load_transform(path: str | None) -> Transform | None:
+    """The INGEST_TRANSFORM hook, or None when unset."""
+    return None if path is None else cast(Transform, load_callable(path, "INGEST_TRANSFORM"))
 
 
 def apply_transform(transform: Transform, envelope: Envelope) -> list[Envelope]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import importlib
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from app.errors import ConfigError, ConnectHookError
 from app.feed.control import compile_message
 from app.net import Endpoint
 from app.settings import FeedSettings, reveal
+from app.transform import load_callable
 
 ConnectHook = Callable[[str, dict[str, Any]], Any]
 """`(name, settings) -> dict | None`, or a coroutine function returning that."""
@@ -43,16 +43,7 @@ class Attempt:
 
 def load_connect_hook(path: str, where: str) -> ConnectHook:
     """Import `package.module:function`; any failure is a ConfigError naming `where`."""
-    module_name, _, attribute = path.partition(":")
-    try:
-        target: Any = importlib.import_module(module_name)
-        for part in attribute.split("."):
-            target = getattr(target, part)
-    except Exception as exc:  # an import runs arbitrary code: report whatever it raised
-        raise ConfigError([f"{where}: cannot load {path!r} ({exc!r})"]) from None
-    if not callable(target):
-        raise ConfigError([f"{where}: {path!r} is not callable"])
-    return cast(ConnectHook, target)
+    return cast(ConnectHook, load_callable(path, where))
 
 
 def load_connect_hooks(feeds: Sequence[FeedSettings]) -> None:

@@ -44,6 +44,9 @@ class Market:
             await ws.close(1000, "connection cap")  # the venue's own limit
         finally:
             self.clients.discard(ws)
+            if not self.clients and self._task is not None:  # the market closes with its last
+                self._task.cancel()
+                self._task = None
 
     async def _ticks(self) -> None:
         started, sent = time.monotonic(), 0
