@@ -339,7 +339,7 @@ class FeedReader:
                 return
 
 
-class _Retired(Exception):
+class _Retired(IngestError):
     """Raised in a connection's read loop once a rotation replaced it."""
 
 

@@ -24,7 +24,7 @@ from websockets.frames import CloseCode
 from websockets.protocol import State
 
 from app.envelope import Encoded
-from app.errors import ShutdownTimeout
+from app.errors import IngestError, ShutdownTimeout
 from app.metrics import Metrics
 from app.net import (
     CLOSE_TIMEOUT_S,
@@ -49,7 +49,7 @@ OnWritten = Callable[[list[Encoded], float], None]
 T = TypeVar("T")
 
 
-class _Unconfirmed(Exception):
+class _Unconfirmed(IngestError):
     """A write failed after `confirmed` frames of the batch were confirmed."""
 
     def __init__(self, confirmed: int, cause: BaseException) -> None:
