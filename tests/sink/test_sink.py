@@ -36,7 +36,7 @@ def test_batch_framing_sends_json_arrays(sink, servers, dataflow, confirm):
     assert all(frame.startswith("[") for frame in sink.raw_frames)
     assert len(sink.raw_frames) < 3000  # batches, not one frame per message
     assert sink.by_source()[feed.url[5:]] == list(range(1, 3001))
-    assert app.metric("ingest_messages_sent_total") == 3000
+    wait_until(lambda: app.metric("ingest_messages_sent_total") == 3000)
     app.stop()
 
 
@@ -138,7 +138,7 @@ def test_with_acks_a_sink_that_closes_mid_stream_loses_nothing(servers, dataflow
                         "INGEST_SINK_URL": sink.url, "INGEST_SINK_CONFIRM": "ack"})
         assert sink.wait_for(lambda s: {m["seq"] for m in s.messages} >= set(range(1, 5001)), 40)
         assert sink.connections >= 7
-        assert app.metric("ingest_messages_sent_total") == 5000
+        wait_until(lambda: app.metric("ingest_messages_sent_total") == 5000)
         app.stop()
     finally:
         sink.close()
