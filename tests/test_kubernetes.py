@@ -250,7 +250,11 @@ def test_the_pods_form_a_cluster_spread_the_feeds_and_stop_on_sigterm(
             "INGEST_SOURCES": json.dumps(sources), "INGEST_SINK_URL": sink.url,
             "BYTEWAX_HOSTFILE_PATH": str(mapped), "POD_METRICS_PORT": str(free_port()),
             "INGEST_METRICS_HOST": "127.0.0.1",
+            # The pod's own volume (its volumeClaimTemplate) at the manifest's path.
+            "INGEST_SPOOL_DIR": str(tmp_path / "volumes" / pod_name / "spool"),
         })
+        assert env_of(main, pod_name)["INGEST_SPOOL_DIR"] == {
+            m["name"]: m["mountPath"] for m in main["volumeMounts"]}["spool"]
         workdir = tmp_path / pod_name
         workdir.mkdir()
         pods.append(Pod(pod_name, env, main["command"], workdir))
