@@ -257,21 +257,36 @@ class FeedReader:
             keep(payload, payload_size(payload), received_at)
 
     async def _read(self, ws: ClientConnection, session: _Session) -> None:
-        """Frames through the feed's rules: inflate, classify, answer control, track data."""
+        """Frames through the feed's rules: inflate, classify, answer control, track data. The
+        loop is written out (no helper per frame where a feed does not need it): it runs for
+        every frame of a feed with rules."""
+        recv, decode, health, keep = ws.recv, self._decode, self._health, self._keep
+        classify = self._rules.classify if self._rules else None
+        inflating = self.feed.decompress != "none"
+        tracked = bool(self._sequence or self._event_time)
+        clock = session.clock
         self._last_frame_at = time.time()
         while True:
             await self._wait_for_room()
-            payload = await ws.recv(self._decode)
+            payload = await recv(decode)
             if self._retired is ws:
                 raise _Retired
             self._last_frame_at = received_at = time.time()
-            self._health.alive_at = now = time.monotonic()
-            payload, size, verdict = self._inspect(payload)
+            health.alive_at = now = time.monotonic()
+            if inflating:
+                payload, size, verdict = self._inspect(payload)
+            else:
+                verdict = classify(payload) if classify is not None else None
+                size = 0 if verdict is not None else payload_size(payload)
             if verdict is not None:
                 await session.on_control(verdict, payload, now)
                 continue
-            session.on_data(now)
-            self._take_data(payload, size, received_at)
+            if clock is not None:
+                clock.received(now)
+            if tracked:
+                self._take_data(payload, size, received_at)
+            else:
+                keep(payload, size, received_at)
 
     def _inspect(self, payload: Payload) -> tuple[Payload, int, Verdict | None]:
         """Inflate (if the feed says so) and classify a frame: (payload, size, verdict); a
@@ -486,10 +501,6 @@ class _Session:
     @property
     def subscribed(self) -> bool:
         return self.tracker is None or self.tracker.state == "done"
-
-    def on_data(self, now: float) -> None:
-        if self.clock is not None:
-            self.clock.received(now)
 
     async def on_control(self, verdict: Verdict, payload: Payload, now: float) -> None:
         kind = verdict.kind
