@@ -1,7 +1,12 @@
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,7 +22,8 @@ from app.sink.spooled import open_spool
 from app.status import ConnectionStatus
 from app.transform import load_transform
 from support.servers import Sink, WsServer
-from support.service import Service
+from support.service import Service, free_port, http_get
+from support.wait import wait_until
 
 
 @pytest.fixture
@@ -138,3 +144,44 @@ def dataflow() -> Iterator[Callable[..., InProcess]]:
     yield start
     for flow in reversed(started):
         flow.close()
+
+
+@pytest.fixture
+def prometheus(tmp_path: Path) -> Iterator[Callable[..., str]]:
+    """Debian's prometheus on 127.0.0.1: `start(targets, rule_files=())` scrapes the targets
+    every second (job `ingest`), evaluates the rule files, and returns its base URL."""
+    binary = shutil.which("prometheus")
+    if binary is None:
+        hint = "Debian's prometheus is not on the PATH: `apt-get install prometheus` (.ci/run does)"
+        if os.environ.get("CI"):
+            pytest.fail(hint)  # CI installs it: missing there is a broken setup, not a skip
+        pytest.skip(hint)
+    processes: list[subprocess.Popen[bytes]] = []
+
+    def start(targets: list[str], rule_files: tuple[Path, ...] = ()) -> str:
+        port = free_port()
+        config = tmp_path / "prometheus.yml"
+        rules = f"rule_files: {json.dumps([str(f) for f in rule_files])}\n" if rule_files else ""
+        config.write_text(
+            "global: {scrape_interval: 1s, evaluation_interval: 1s}\n" + rules
+            + "scrape_configs:\n"
+            f"  - job_name: ingest\n    static_configs: [{{targets: {json.dumps(targets)}}}]\n")
+        log = (tmp_path / "prometheus.log").open("w")
+        processes.append(subprocess.Popen(
+            [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
+             f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=log))
+        base = f"http://127.0.0.1:{port}"
+
+        def ready() -> bool:
+            try:
+                return http_get(base + "/-/ready")[0] == 200
+            except OSError:
+                return False
+
+        wait_until(ready, 30, message=lambda: (tmp_path / "prometheus.log").read_text())
+        return base
+
+    yield start
+    for process in processes:
+        process.terminate()
+        process.wait(10)

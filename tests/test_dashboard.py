@@ -8,23 +8,19 @@ import asyncio
 import importlib.util
 import json
 import math
-import shutil
-import subprocess
 import sys
-import time
 import urllib.parse
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
-import pytest
 import yaml
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from support.servers import Sink, WsServer, tick
-from support.service import ROOT, Service, free_port, http_get
+from support.service import ROOT, Service, http_get
+from support.wait import wait_until
 
 DASHBOARD = ROOT / "config" / "grafana" / "ws-ingest.json"
 GENERATOR = ROOT / "config" / "grafana" / "dashboard.py"
@@ -106,42 +102,6 @@ def mixed_feed(name: str, invalid_every: int) -> Callable[[ServerConnection], An
     return handle
 
 
-@pytest.fixture
-def prometheus(tmp_path: Path) -> Iterator[Callable[[list[str]], str]]:
-    """Debian's prometheus on 127.0.0.1, scraping `targets` every second, with the alert rules."""
-    binary = shutil.which("prometheus")
-    assert binary, "prometheus is not installed: `apt-get install prometheus` (.ci/run does)"
-    processes: list[subprocess.Popen[bytes]] = []
-
-    def start(targets: list[str]) -> str:
-        port = free_port()
-        config = tmp_path / "prometheus.yml"
-        config.write_text(
-            "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
-            f"rule_files: [{json.dumps(str(RULES))}]\n"
-            "scrape_configs:\n"
-            f"  - job_name: {JOB}\n    static_configs: [{{targets: {json.dumps(targets)}}}]\n")
-        log = (tmp_path / "prometheus.log").open("w")
-        processes.append(subprocess.Popen(
-            [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
-             f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=log))
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if http_get(base + "/-/ready")[0] == 200:
-                    return base
-            except OSError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError((tmp_path / "prometheus.log").read_text())
-
-    yield start
-    for process in processes:
-        process.terminate()
-        process.wait(10)
-
-
 def api(base: str, path: str, **params: str) -> Any:
     status, body = http_get(f"{base}/api/v1/{path}?{urllib.parse.urlencode(params)}")
     decoded = json.loads(body)
@@ -160,7 +120,7 @@ def test_every_panel_query_returns_data_from_the_running_service(
     sources = [{"name": name, "url": feed.url} for name, feed in feeds.items()]
     app = service({"INGEST_SOURCES": json.dumps(sources), "INGEST_SINK_URL": sink.url})
     app.wait_ready()
-    base = prometheus([f"127.0.0.1:{app.port}"])
+    base = prometheus([f"127.0.0.1:{app.port}"], rule_files=(RULES,))
 
     def unanswered() -> dict[str, Any]:
         """Each query that does not (yet) return what it should, with what it returned."""
@@ -173,10 +133,14 @@ def test_every_panel_query_returns_data_from_the_running_service(
         return missing
 
     # Rates need two scrapes within their window: poll until every query answers.
-    deadline = time.monotonic() + 20
-    while (missing := unanswered()) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert not missing, json.dumps(missing, indent=1)
+    missing: dict[str, Any] = {}
+
+    def all_answered() -> bool:
+        missing.clear()
+        missing.update(unanswered())
+        return not missing
+
+    wait_until(all_answered, 20, interval=0.5, message=lambda: json.dumps(missing, indent=1))
     print(f"{len(targets())} panel queries returned data")
 
     # And the data says what the service does.
@@ -202,12 +166,12 @@ def test_every_panel_query_returns_data_from_the_running_service(
                **{"match[]": f'ingest_source_up{{job=~"{JOB}"}}'}) == ["alpha", "beta"]
 
     # The alert rules: loaded, evaluated without error against the real series, none firing.
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        rules = [rule for group in api(base, "rules")["groups"] for rule in group["rules"]]
-        if rules and all(rule["health"] == "ok" for rule in rules):
-            break
-        time.sleep(0.5)
+    def rules_now() -> list[dict[str, Any]]:
+        return [rule for group in api(base, "rules")["groups"] for rule in group["rules"]]
+
+    wait_until(lambda: (found := rules_now()) and all(r["health"] == "ok" for r in found), 10,
+               interval=0.5)
+    rules = rules_now()
     expected = [r["alert"] for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]]
     assert sorted(rule["name"] for rule in rules) == sorted(expected)
     assert {rule["health"] for rule in rules} == {"ok"}, rules

@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from support.servers import Sink, WsServer, feed_handler
 from support.service import ROOT, free_port, http_get
+from support.wait import wait_until
 
 MANIFESTS = ROOT / "deploy" / "kubernetes"
 # The oldest Kubernetes still commonly run (PDB's unhealthyPodEvictionPolicy is beta since 1.27,
@@ -259,13 +260,12 @@ def test_the_pods_form_a_cluster_spread_the_feeds_and_stop_on_sigterm(
         workdir.mkdir()
         pods.append(Pod(pod_name, env, main["command"], workdir))
 
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+    def all_ready() -> bool:
         for pod in pods:
             assert pod.process.poll() is None, f"{pod.name} exited:\n{pod.log.read_text()}"
-        if all(pod.get("/readyz") == 200 for pod in pods):
-            break
-        time.sleep(0.2)
+        return all(pod.get("/readyz") == 200 for pod in pods)
+
+    wait_until(all_ready, 30, interval=0.2)
     # The probes' port answers on every pod (process i would serve on port + i otherwise).
     assert [(pod.get("/healthz"), pod.get("/readyz")) for pod in pods] == [(200, 200)] * replicas
     assert sink.wait_for(lambda s: len({m["source"] for m in s.messages}) == len(feed_names))

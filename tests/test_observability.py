@@ -4,17 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import subprocess
 import time
 import urllib.parse
-from pathlib import Path
-
-import pytest
 
 from support.servers import deaf_handler, feed_handler, tick
-from support.service import free_port, http_get
+from support.service import http_get
 from support.wait import wait_until
 
 HISTOGRAMS = {
@@ -147,45 +141,6 @@ def test_source_up_drops_within_ping_interval_plus_timeout(sink, servers, servic
     closed = [e for e in app.logs() if e["event"] == "source_disconnected"]
     assert closed[0]["code"] == 1011
     assert app.terminate() == 0
-
-
-@pytest.fixture
-def prometheus(tmp_path: Path):
-    """Start Debian's prometheus on 127.0.0.1 with a config that a test writes."""
-    binary = shutil.which("prometheus")
-    if binary is None:
-        hint = "Debian's prometheus is not on the PATH: `apt-get install prometheus` (.ci/run does)"
-        if os.environ.get("CI"):
-            pytest.fail(hint)  # CI installs it: missing there is a broken setup, not a skip
-        pytest.skip(hint)
-    processes = []
-
-    def start(targets: list[str]) -> str:
-        port = free_port()
-        config = tmp_path / "prometheus.yml"
-        config.write_text(
-            "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
-            "scrape_configs:\n"
-            f"  - job_name: ingest\n    static_configs: [{{targets: {json.dumps(targets)}}}]\n")
-        log = (tmp_path / "prometheus.log").open("w")
-        processes.append(subprocess.Popen(
-            [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
-             f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=log))
-        base = f"http://127.0.0.1:{port}"
-
-        def ready() -> bool:
-            try:
-                return http_get(base + "/-/ready")[0] == 200
-            except OSError:
-                return False
-
-        wait_until(ready, 30, message=lambda: (tmp_path / "prometheus.log").read_text())
-        return base
-
-    yield start
-    for process in processes:
-        process.terminate()
-        process.wait(10)
 
 
 def query(base: str, promql: str) -> list[dict]:

@@ -21,7 +21,6 @@ from typing import Any
 
 from support.service import ROOT, free_port, http_get
 from support.wait import wait_until
-from tests.test_observability import prometheus  # noqa: F401  (a fixture)
 
 DOC = ROOT / "README.md"
 VENUES = ["alpha", "beta", "gamma"]
@@ -201,7 +200,7 @@ def query(base: str, promql: str) -> list[dict[str, Any]]:
 
 
 def test_every_promql_example_says_what_a_healthy_demo_answers(
-        tmp_path, prometheus: Callable[[list[str]], str]):  # noqa: F811
+        tmp_path, prometheus: Callable[[list[str]], str]):
     queries = documented_queries()
     assert len(queries) == 6
     assert all(q.healthy.startswith("healthy: ") for q in queries)
