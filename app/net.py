@@ -200,20 +200,27 @@ def fail_now(ws: ClientConnection, reason: str) -> None:
 
 
 async def keepalive(ws: ClientConnection, interval: float, timeout: float, log: Logger,
-                    on_pong: Callable[[], None] = lambda: None) -> None:
+                    on_pong: Callable[[], None] = lambda: None,
+                    holding_back: Callable[[], bool] = lambda: False) -> None:
     """Ping every `interval`; no pong within `timeout`: fail the connection at once.
 
     websockets' own keepalive would then wait close_timeout more for a closing handshake, so a
-    dead peer would be noticed only after interval + timeout + close_timeout.
+    dead peer would be noticed only after interval + timeout + close_timeout. While
+    `holding_back()` (we stopped reading: backpressure), a pong could not be read: no ping is
+    sent, and one that went unanswered meanwhile is no failure.
     """
     while True:
         await asyncio.sleep(interval)
+        if holding_back():
+            continue
         try:
             await asyncio.wait_for(await ws.ping(), timeout)
             on_pong()
         except ConnectionClosed:
             return  # the reader sees it too, and reconnects
         except asyncio.TimeoutError:
+            if holding_back():
+                continue
             log.warning("ping_timeout", ping_timeout_s=timeout)
             fail_now(ws, "keepalive ping timeout")
             return

@@ -98,8 +98,9 @@ def wait_listening(port: int, timeout: float = 20) -> None:
 
 
 def relays(case: Case, source_port: int,
-           sink_port: int) -> tuple[list[subprocess.Popen[bytes]], float]:
-    """The relay processes, once ready, and the seconds they took to get there."""
+           sink_port: int) -> tuple[list[subprocess.Popen[bytes]], float, int | None]:
+    """The relay processes, once ready, the seconds they took to get there, and the service's
+    first metrics port (None for the baseline)."""
     urls = case.urls(source_port)
     sink = f"ws://127.0.0.1:{sink_port}/bench"
     started = time.monotonic()
@@ -107,7 +108,7 @@ def relays(case: Case, source_port: int,
         groups = [urls[i::case.processes] for i in range(case.processes)]
         return [start(["-m", "bench.baseline", "--sink", sink,
                        *(arg for url in group for arg in ("--source", url))])
-                for group in groups], 0.0
+                for group in groups], 0.0, None
     metrics_port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("INGEST_", "BYTEWAX_"))}
     feeds = json.dumps([{"url": url, **case.feed_keys} for url in urls])
@@ -135,7 +136,23 @@ def relays(case: Case, source_port: int,
             time.sleep(0.05)
         else:
             raise RuntimeError("the service did not become ready")
-    return processes, time.monotonic() - started
+    return processes, time.monotonic() - started, metrics_port
+
+
+def scraped_counts(metrics_port: int | None, processes: int) -> dict[str, float]:
+    """Sink writes so far (one per poll with data), summed over the service's processes: the
+    messages each carries are what the fixed cost of a poll and a write is spread over."""
+    wanted = {"ingest_sink_write_seconds_count": "sink_writes"}
+    totals = dict.fromkeys(wanted.values(), 0.0)
+    if metrics_port is None:
+        return totals
+    for i in range(processes):
+        _, body = http_get(f"http://127.0.0.1:{metrics_port + i}/metrics")
+        for line in body.decode().splitlines():
+            name = line.split("{", 1)[0].split(" ", 1)[0]
+            if name in wanted:
+                totals[wanted[name]] += float(line.rsplit(" ", 1)[1])
+    return totals
 
 
 def open_fds(pid: int) -> int:
@@ -151,7 +168,7 @@ def run_idle_case(case: Case, seconds: float) -> dict[str, Any]:
     loadgen = start(["-m", "bench.loadgen", "--port", str(source_port), "--count", "0"])
     wait_listening(sink_port)
     wait_listening(source_port)
-    relay, startup = relays(case, source_port, sink_port)
+    relay, startup, _ = relays(case, source_port, sink_port)
     try:
         time.sleep(1.0)  # settle after start-up
         cpu_before, started = sum(cpu_seconds(p.pid) for p in relay), time.monotonic()
@@ -187,9 +204,10 @@ def run_case(case: Case) -> dict[str, Any]:
                      str(case.count), "--rate", str(case.rate), "--start-file", str(start_file)])
     wait_listening(sink_port)
     wait_listening(source_port)
-    relay, startup = relays(case, source_port, sink_port)
+    relay, startup, metrics_port = relays(case, source_port, sink_port)
     try:
         time.sleep(0.5)  # connected, subscribed, idle
+        counts_before = scraped_counts(metrics_port, case.processes)
         cpu_before = sum(cpu_seconds(p.pid) for p in relay)
         written_before = sum(write_bytes(p.pid) for p in relay)
         rss_samples: list[tuple[float, int]] = []
@@ -205,6 +223,7 @@ def run_case(case: Case) -> dict[str, Any]:
         written = sum(write_bytes(p.pid) for p in relay) - written_before
         wall = time.monotonic() - started
         peak_rss_mib = max(memory_kib(p.pid, "VmHWM") for p in relay) / 1024
+        counts = scraped_counts(metrics_port, case.processes)
     finally:
         for process in (*relay, loadgen):
             process.terminate()
@@ -228,6 +247,9 @@ def run_case(case: Case) -> dict[str, Any]:
         "cores_used": round(cpu / wall, 2),  # by the relay, start file to last arrival
         "disk_bytes_per_message": round(written / max(1, received)),
     }
+    if metrics_port is not None:
+        writes = counts["sink_writes"] - counts_before["sink_writes"]
+        figures["messages_per_sink_write"] = round(received / max(1.0, writes), 1)
     if case.rate:
         latencies = sorted(result["latencies"])
         figures.update({f"latency_{k}_ms": round(percentile(latencies, q) * 1000, 2)
@@ -279,8 +301,8 @@ def cases(quick: bool) -> list[Case]:
 def print_table(rows: list[dict[str, Any]]) -> None:
     columns = ["case", "relay", "messages_per_s", "latency_p50_ms", "latency_p99_ms",
                "latency_max_ms", "peak_rss_mib", "cpu_s_per_million", "cores_used",
-               "disk_bytes_per_message", "rss_mib_at_10s", "rss_mib_at_end", "startup_s",
-               "idle_cores", "rss_mib", "fds_per_feed", "complete"]
+               "disk_bytes_per_message", "messages_per_sink_write", "rss_mib_at_10s",
+               "rss_mib_at_end", "startup_s", "idle_cores", "rss_mib", "fds_per_feed", "complete"]
     print(" | ".join(columns))
     for row in rows:
         print(" | ".join(str(row.get(c, "")) for c in columns))

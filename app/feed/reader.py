@@ -199,8 +199,9 @@ class FeedReader:
                 self._sequence.reset()  # a new connection: a jump is not a gap
             session = _Session(self, ws, len(messages))
         loop = asyncio.get_running_loop()
-        helpers = [loop.create_task(keepalive(ws, feed.ping_interval, feed.ping_timeout,
-                                              self._log, on_pong=self._health.seen))]
+        helpers = [loop.create_task(keepalive(
+            ws, feed.ping_interval, feed.ping_timeout, self._log, on_pong=self._health.seen,
+            holding_back=lambda: not self._has_room.is_set()))]
         if feed.idle_timeout:
             helpers.append(loop.create_task(self._watch_idle(ws)))
         if feed.heartbeat is not None or feed.subscribe_ack is not None:

@@ -2,10 +2,12 @@
 
 `WebSocketSource` is a `FixedPartitionedSource` with one partition per worker of the cluster
 (`feeds-0` … `feeds-{n-1}`; Bytewax hands each worker one of them), feed `i` going to partition
-`i mod n`. A partition owns one event loop; in it, an async generator (`_FeedsPartition._wakeups`,
-wrapped by `batch_async` as in Bytewax's async source pattern) starts a `FeedReader` per feed and
-yields whatever any of them read since the last poll. One loop waits on every socket at once, so
-an idle feed costs no poll time and a busy one is served as soon as it has data.
+`i mod n`. A partition owns one event loop (a `StandbyLoop`: the worker runs it while it polls,
+a standby thread while the worker is busy elsewhere, e.g. waiting on the sink); in it, an async
+generator (`_FeedsPartition._wakeups`, wrapped by `batch_async` as in Bytewax's async source
+pattern) starts a `FeedReader` per feed and yields whatever any of them read since the last
+poll. One loop waits on every socket at once, so an idle feed costs no poll time and a busy one
+is served as soon as it has data.
 
 Guarantees: per feed, frames are handed over in the order received, numbered by `seq` from 1
 across reconnects. A feed cannot be replayed: what upstream sends while no connection is open is
@@ -32,6 +34,7 @@ from app.metrics import Metrics
 from app.net import MIN_CLOSE_S, STOP_CLOSE_TIMEOUT_S
 from app.settings import FeedSettings, SourceOptions
 from app.shutdown import time_left
+from app.standby_loop import StandbyLoop
 from app.status import ConnectionStatus
 
 
@@ -44,7 +47,7 @@ class _FeedsPartition(StatefulSourcePartition[Poll, None]):
         self._options = options
         self._stopping = stopping
         self._log = structlog.get_logger("app.source").bind(partition=key)
-        self._loop = asyncio.new_event_loop()
+        self._loop = StandbyLoop(key)
         self._has_data = asyncio.Event()
         self._ready: dict[str, FeedReader] = {}  # feeds with frames waiting, in arrival order
         self._metrics = {feed.name: metrics.feed(feed.name) for feed in feeds}
@@ -52,7 +55,7 @@ class _FeedsPartition(StatefulSourcePartition[Poll, None]):
             FeedReader(feed, options, status, self._metrics[feed.name], self._mark_ready,
                        self._log, seq_blocks)
             for feed in feeds]
-        self._polls = batch_async(self._wakeups(), options.batch_timeout, 1, self._loop)
+        self._polls = batch_async(self._wakeups(), options.batch_timeout, 1, self._loop.loop)
         self._tasks: list[asyncio.Task[None]] = []
         self._next_awake: datetime | None = None
         self._stopped = False
@@ -91,10 +94,11 @@ class _FeedsPartition(StatefulSourcePartition[Poll, None]):
     def next_batch(self) -> list[Poll]:
         if self._stopping.is_set():
             return self._drain()
-        next(self._polls)  # runs the loop until a feed has frames, or the poll's timeout
-        # Frames may also have arrived in the loop's last turn, after the timeout fired (one
-        # slow turn, e.g. a large frame to inflate, is enough): they are taken now all the same.
-        chunks = self._take() if self._ready else []
+        with self._loop:
+            next(self._polls)  # runs the loop until a feed has frames, or the poll's timeout
+            # Frames may also have arrived in the loop's last turn, after the timeout fired (one
+            # slow turn, e.g. a large frame to inflate, is enough): they are taken all the same.
+            chunks = self._take() if self._ready else []
         now = datetime.now(timezone.utc)
         if not chunks:
             # Nothing within the poll's timeout: give the worker's other steps a turn.
@@ -118,18 +122,19 @@ class _FeedsPartition(StatefulSourcePartition[Poll, None]):
         left = time_left(self._stopping)
         if left is not None:
             budget = max(MIN_CLOSE_S, min(budget, left))
-        self._loop.run_until_complete(self._cancel_all(budget))
-        chunks = self._take()
+        with self._loop as loop:
+            loop.run_until_complete(self._cancel_all(budget))
+            chunks = self._take()
         self._log.info("source_stopped", handed_over=sum(len(c.frames) for c in chunks))
         return [chunks] if chunks else []
 
-    async def _cancel_all(self, timeout: float | None = None) -> None:
+    async def _cancel_all(self, timeout: float) -> None:
         """Cancel every task of this loop (readers close their connections with 1000); after
         `timeout`, cancel again: a reader still closing aborts its connection."""
         tasks = asyncio.all_tasks() - {asyncio.current_task()}
         for task in tasks:
             task.cancel()
-        if tasks and timeout is not None:
+        if tasks:
             _, closing = await asyncio.wait(tasks, timeout=timeout)
             for task in closing:
                 task.cancel()
@@ -142,10 +147,7 @@ class _FeedsPartition(StatefulSourcePartition[Poll, None]):
         return None
 
     def close(self) -> None:
-        loop = self._loop
-        loop.run_until_complete(self._cancel_all())
-        loop.run_until_complete(loop.shutdown_asyncgens())
-        loop.close()
+        self._loop.close()
 
 
 class WebSocketSource(FixedPartitionedSource[Poll, None]):

@@ -1,10 +1,9 @@
 """WebSocket sink: one persistent outbound connection per worker.
 
-Each partition runs its own event loop in a thread of its own, for as long as the partition
-lives: the connection is bound to that loop, and the loop keeps answering the server's pings and
-noticing closes while no data flows (a loop run only inside `write_batch` would not).
-`write_batch` runs on the worker thread: it hands the batch to that loop and waits for the
-result.
+Each partition's connection lives in an event loop of its own (a `StandbyLoop`): the worker
+thread runs it while it writes a batch, so `write_batch` goes from start to confirmation with
+no hand-over to another thread; between batches a standby thread runs it, so the connection
+keeps answering the server's pings and noticing closes while no data flows.
 """
 
 from __future__ import annotations
@@ -13,8 +12,8 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import orjson
 import structlog
@@ -38,6 +37,7 @@ from app.net import (
 from app.settings import SinkOptions, mask_url
 from app.shutdown import stopped_at
 from app.sink.framing import chunks, frames_for
+from app.standby_loop import StandbyLoop
 from app.status import ConnectionStatus
 from app.tls import client_context, warn_if_unverified
 
@@ -322,17 +322,10 @@ class _SinkPartition(StatelessSinkPartition[list[Encoded]]):
         self._metrics = metrics
         self._log = structlog.get_logger(f"app.{options.name}").bind(
             url=mask_url(options.url), worker=worker_index)
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name=f"{options.name}-{worker_index}", daemon=True)
-        self._thread.start()
+        self._loop = StandbyLoop(f"{options.name}-{worker_index}")
         self._connection = _SinkConnection(
             options, status, f"{options.name}-{worker_index}", metrics, stopping, self._log)
-        self._loop.call_soon_threadsafe(self._connection.start)
-
-    def _run(self, coroutine: Coroutine[Any, Any, None]) -> None:
-        """Run in the partition's loop and wait for the result (or its exception)."""
-        asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+        self._loop.loop.call_soon_threadsafe(self._connection.start)
 
     def write_batch(self, polls: list[list[Encoded]]) -> None:
         items = [item for poll in polls for item in poll]
@@ -341,7 +334,7 @@ class _SinkPartition(StatelessSinkPartition[list[Encoded]]):
             return
         started = time.perf_counter()
         try:
-            self._run(self._connection.write(
+            self._loop.run(self._connection.write(
                 frames_for(messages, self._framing, self._max_message_bytes)))
         except ShutdownTimeout as timeout:
             # Nothing more can be done: say exactly what did not reach the sink.
@@ -353,9 +346,7 @@ class _SinkPartition(StatelessSinkPartition[list[Encoded]]):
         self._on_written(items, finished)
 
     def close(self) -> None:
-        self._run(self._connection.close())
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join()
+        self._loop.run(self._connection.close())
         self._loop.close()
 
 
@@ -365,7 +356,8 @@ class WebSocketSink(DynamicSink[list[Encoded]]):
     Delivery: `write_batch` returns only after every frame of the batch was written to an open
     connection (and, with confirm=ping, a ping sent after them was answered); on failure it
     waits for a new connection and resends the batch, so a retry may repeat frames (`source` +
-    `seq` identify them). While the sink is down, the worker does not read on.
+    `seq` identify them). While the sink is down, the worker waits: its feeds are read only
+    until their buffers are full (backpressure).
 
     Order: the dataflow has no exchange step, so a feed's chunks stay on the worker that read
     them and reach this worker's connection in order: per-feed order holds with any number of
