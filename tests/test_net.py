@@ -143,6 +143,33 @@ def test_keepalive_fails_a_connection_whose_peer_stopped_answering():
     assert code == CloseCode.INTERNAL_ERROR
 
 
+def test_keepalive_holds_back_while_we_do_not_read():
+    # Backpressure: we stopped reading the feed, so its pongs cannot be read either. No
+    # failure then; once reading again, an unanswered ping fails the connection as usual.
+    async def run() -> tuple[bool, int | None]:
+        async def deaf(ws: ServerConnection) -> None:
+            ws.transport.pause_reading()
+            await ws.wait_closed()
+
+        async with serve(deaf, "127.0.0.1", 0, close_timeout=0.2) as server:
+            url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+            async with connect_raw(url) as ws:
+                holding_back = True
+                pinger = asyncio.create_task(
+                    keepalive(ws, 0.05, 0.1, LOG, holding_back=lambda: holding_back))
+                done, _ = await asyncio.wait({pinger}, timeout=0.6)  # 12 intervals
+                survived = not done and ws.protocol.close_sent is None
+                holding_back = False
+                await asyncio.wait_for(pinger, 5)
+                await ws.wait_closed()
+                sent = ws.protocol.close_sent
+                return survived, sent.code if sent else None
+
+    survived, code = asyncio.run(run())
+    assert survived
+    assert code == CloseCode.INTERNAL_ERROR
+
+
 def connect_raw(url: str) -> Any:
     return websockets.connect(url, ping_interval=None, close_timeout=0.2)
 
