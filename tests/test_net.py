@@ -16,6 +16,7 @@ import structlog
 import websockets
 import websockets.frames
 from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.connection import Connection
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
@@ -23,6 +24,7 @@ from websockets.protocol import Protocol
 
 from app.net import (
     BatchingConnection,
+    DirectConnection,
     Endpoint,
     _MaskKeys,
     keepalive,
@@ -42,6 +44,8 @@ def test_the_websockets_internals_we_rely_on_are_still_there():
     assert inspect.isfunction(ClientConnection.send_data)
     for name in ("send_text", "data_to_send", "fail"):
         assert inspect.isfunction(getattr(Protocol, name)), name
+    # DirectConnection takes data frames where websockets would queue them for recv().
+    assert "recv_messages.put(event)" in inspect.getsource(Connection.process_event)
     # A client frame's mask key: drawn through the module's `secrets`, which app.net replaces.
     assert "secrets.token_bytes(4)" in inspect.getsource(websockets.frames.Frame.serialize)
     assert isinstance(websockets.frames.secrets, _MaskKeys)
@@ -168,6 +172,41 @@ def test_keepalive_holds_back_while_we_do_not_read():
     survived, code = asyncio.run(run())
     assert survived
     assert code == CloseCode.INTERNAL_ERROR
+
+
+def test_direct_delivery_keeps_order_joins_fragments_and_keeps_early_messages():
+    # The server's first message comes with the handshake, before anyone asked for it; then a
+    # text message in three fragments, a binary one, and a ping the client answers as usual.
+    async def run() -> list[bytes]:
+        async def talk(ws: ServerConnection) -> None:
+            await ws.send('{"first":1}')
+            await ws.send(iter(['{"frag', 'mented":', '2}']))
+            await ws.send(b"\x00binary")
+            await asyncio.wait_for(await ws.ping(), 5)
+            await ws.send('{"last":3}')
+            await ws.wait_closed()
+
+        async with serve(talk, "127.0.0.1", 0) as server:
+            url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+            async with open_connection(Endpoint(url), DirectConnection) as ws:
+                got: list[bytes] = []
+                last = asyncio.Event()
+
+                def on_message(message: bytes) -> None:
+                    got.append(message)
+                    if message.startswith(b'{"last"'):
+                        last.set()
+
+                for _ in range(500):  # the first message, parsed before deliver_to
+                    if ws._early:
+                        break
+                    await asyncio.sleep(0.01)
+                ws.deliver_to(on_message)
+                await asyncio.wait_for(last.wait(), 5)
+                return got
+
+    assert asyncio.run(run()) == [b'{"first":1}', b'{"fragmented":2}', b"\x00binary",
+                                  b'{"last":3}']
 
 
 def connect_raw(url: str) -> Any:

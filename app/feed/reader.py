@@ -37,6 +37,7 @@ from app.feed.sequence import SequenceTracker
 from app.logs import RateLimiter
 from app.metrics import FeedMetrics
 from app.net import (
+    DirectConnection,
     Endpoint,
     fail_now,
     keepalive,
@@ -102,6 +103,10 @@ class FeedReader:
         # bytes for the JSON parser; str/bytes by frame type where binary frames get inflated
         self._decode = (None if options.payload == "text" or feed.decompress != "none"
                         else False)
+        # The plain loop's common case, read without recv(): see `_read_direct`. A rotation
+        # reads its second connection with recv(), so a rotating feed reads that way throughout.
+        self._direct = self._plain and self._decode is False and not feed.rotate_after
+        self._paused: ClientConnection | None = None  # its reading paused: our buffer is full
         self._pending: list[Frame] = []
         self._pending_bytes = 0
         self._has_room = asyncio.Event()
@@ -119,9 +124,18 @@ class FeedReader:
         self._closing: set[asyncio.Task[object]] = set()
 
     def take(self) -> list[Frame]:
-        """The frames read so far, in order; reading goes on into a fresh list."""
-        frames, self._pending, self._pending_bytes = self._pending, [], 0
+        """The frames read so far (at most batch_size), in order; reading goes on."""
+        frames, limit = self._pending, self._options.batch_size
+        if len(frames) > limit:  # the rest of a socket read that filled the buffer
+            frames, self._pending = frames[:limit], frames[limit:]
+            self._pending_bytes = sum(len(frame.payload) for frame in self._pending)
+            self._on_data(self)
+            return frames
+        self._pending, self._pending_bytes = [], 0
         self._has_room.set()
+        if self._paused is not None:
+            self._paused.transport.resume_reading()
+            self._paused = None
         return frames
 
     async def run(self) -> None:
@@ -135,7 +149,8 @@ class FeedReader:
     async def _connect(self) -> AsyncIterator[ClientConnection]:
         attempt = await self._connector.resolve()  # a failed hook is a failed attempt
         self._subscribe = attempt.subscribe
-        async with open_connection(attempt.endpoint, ClientConnection) as ws:
+        async with open_connection(
+                attempt.endpoint, DirectConnection if self._direct else ClientConnection) as ws:
             yield ws
 
     def _down(self) -> None:
@@ -211,7 +226,12 @@ class FeedReader:
         if session.subscribed:
             self._health.connected = True
         try:
-            await (self._read_plain(ws) if self._plain else self._read(ws, session))
+            if isinstance(ws, DirectConnection):
+                await self._read_direct(ws)
+            elif self._plain:
+                await self._read_plain(ws)
+            else:
+                await self._read(ws, session)
         except (ConnectionClosed, _Retired):
             if self._switch is not None and self._switch.old is ws:
                 switched, self._switch = self._switch, None
@@ -243,6 +263,36 @@ class FeedReader:
             self._on_data(self)
         self._pending.append(Frame(self._seq, received_at, payload, size))
         self._pending_bytes += len(payload)
+
+    async def _read_direct(self, ws: DirectConnection) -> None:
+        """The plain loop's common case, with no task switch per frame: websockets hands each
+        data frame to `keep` as it parses it (see `DirectConnection`), and this waits for the
+        connection's end. While the feed's buffer is full, the socket is not read."""
+        self._last_frame_at = time.time()
+        max_frames, max_bytes = self._options.batch_size, self._buffer_bytes
+        health, keep = self._health, self._keep
+
+        def hold_back_if_full() -> None:
+            if len(self._pending) >= max_frames or self._pending_bytes >= max_bytes:
+                self._has_room.clear()
+                self._paused = ws
+                ws.transport.pause_reading()
+
+        def on_message(payload: bytes) -> None:
+            self._last_frame_at = received_at = time.time()
+            health.alive_at = time.monotonic()
+            keep(payload, len(payload), received_at)
+            if self._paused is None:
+                hold_back_if_full()
+
+        hold_back_if_full()
+        ws.deliver_to(on_message)
+        try:
+            await ws.wait_closed()
+        finally:
+            if self._paused is ws:
+                self._paused = None  # the next connection is paused anew if still full
+        raise ws.protocol.close_exc
 
     async def _read_plain(self, ws: ClientConnection) -> None:
         """The common case, kept tight: every frame is data."""

@@ -125,6 +125,20 @@ def test_linger_makes_fewer_larger_batches_and_keeps_everything(sink, servers, d
 
 
 
+def test_no_poll_hands_over_more_than_batch_size_of_a_feed(sink, servers, dataflow):
+    # A fast feed: one socket read holds many frames, more than INGEST_BATCH_SIZE; the rest of
+    # the read waits for the next poll (and reading pauses meanwhile).
+    feed = servers(feed_handler(3000, name="fast"))
+    app = dataflow({"INGEST_SOURCES": json.dumps([{"name": "fast", "url": feed.url}]),
+                    "INGEST_SINK_URL": sink.url, "INGEST_BATCH_SIZE": "5"})
+    assert sink.wait_for(lambda s: len(s.messages) >= 3000, 30), len(sink.messages)
+    assert sink.by_source()["fast"] == list(range(1, 3001))
+    polls = app.metric("ingest_source_batch_size_count", source="fast")
+    assert polls is not None and polls >= 600
+    assert app.metric("ingest_source_batch_size_bucket", source="fast", le="5.0") == polls
+    app.stop()
+
+
 def test_a_silent_feed_is_reconnected_after_idle_timeout(sink, servers, dataflow):
     feed = servers(script_handler([tick("quiet", 1)]))  # one tick per connection, then silence
     sources = [{"name": "quiet", "url": feed.url, "idle_timeout": 0.5}]
