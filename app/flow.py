@@ -12,12 +12,13 @@ import time
 import bytewax.operators as op
 import structlog
 from bytewax.dataflow import Dataflow
+from prometheus_client import Histogram
 
 from app.envelope import Encoded, EnvelopeBuilder, Outcome, Poll
 from app.feed.seqblocks import SpooledSeqBlocks
 from app.feed.source import WebSocketSource
 from app.logs import RateLimiter
-from app.metrics import Metrics
+from app.metrics import Metrics, observe_all
 from app.settings import Options
 from app.sink.sink import WebSocketSink
 from app.sink.spool import Spool
@@ -33,21 +34,25 @@ class _Delivery:
 
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
+        self._batch_latency: dict[str, Histogram] = {}  # per source: labels() takes a lock
 
     def __call__(self, items: list[Encoded], finished_at: float) -> None:
         oldest: dict[str, float] = {}
-        observe = self._metrics.message_latency.observe
         count = 0
         for item in items:
             count += len(item.messages)
-            for received_at in item.received:
-                observe(finished_at - received_at)
             if item.received:
                 first = item.received[0]
                 oldest[item.source] = min(first, oldest.get(item.source, first))
+        observe_all(self._metrics.message_latency,
+                    [finished_at - received_at for item in items
+                     for received_at in item.received])
         self._metrics.messages_sent.inc(count)
         for source, received_at in oldest.items():
-            self._metrics.batch_latency.labels(source).observe(finished_at - received_at)
+            latency = self._batch_latency.get(source)
+            if latency is None:
+                latency = self._batch_latency[source] = self._metrics.batch_latency.labels(source)
+            latency.observe(finished_at - received_at)
 
 
 class _DeadLetters:

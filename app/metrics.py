@@ -8,6 +8,9 @@ low-cardinality: `source` is a configured feed name, the rest are fixed words.
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from collections.abc import Iterable
+
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 # 1 ms to 30 s.
@@ -121,3 +124,21 @@ class FeedMetrics:
         self.upstream_lag = metrics.upstream_lag.labels(source)
         for family in (metrics.messages_dropped, metrics.batch_latency):
             family.labels(source)
+
+
+def observe_all(histogram: Histogram, values: Iterable[float]) -> None:
+    """`histogram.observe(v)` for every v, taking one lock per bucket touched instead of two
+    per value (per message, `observe` was a fifth of a sink write's CPU). It counts into
+    prometheus-client's own `_upper_bounds`, `_buckets` and `_sum`, as `observe` does;
+    tests/test_metrics.py checks that both give the same series."""
+    bounds = histogram._upper_bounds
+    counts = [0] * len(bounds)
+    total = 0.0
+    for value in values:
+        counts[bisect_left(bounds, value)] += 1  # the first bucket with value <= bound
+        total += value
+    for bucket, count in zip(histogram._buckets, counts, strict=True):
+        if count:
+            bucket.inc(count)
+    histogram._sum.inc(total)
+

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry
 
-from app.metrics import CONNECT_FAILURE_REASONS, CONTROL_KINDS, Metrics
+from app.metrics import (
+    CONNECT_FAILURE_REASONS,
+    CONTROL_KINDS,
+    LATENCY_BUCKETS,
+    Metrics,
+    observe_all,
+)
 from app.status import ConnectionStatus
 
 CONTRACT_FAMILIES = {
@@ -78,3 +84,24 @@ def test_up_gauges_read_the_status_when_scraped():
     status.set_sink("sink-0", True)
     assert value("ingest_source_up", {"source": "f"}) == 1
     assert value("ingest_sink_up") == 1
+
+
+def test_observe_all_counts_as_observe_does():
+    # observe_all writes prometheus-client's internals: same series as observe, or it broke.
+    values = [0.0, -1.0, 0.0005, 0.001, 0.0011, *LATENCY_BUCKETS, 29.9, 30.0, 31.0, 1e9,
+              *(i / 997 for i in range(2000))]
+    one_by_one, all_at_once = CollectorRegistry(), CollectorRegistry()
+    by_one = Metrics(one_by_one).message_latency
+    at_once = Metrics(all_at_once).message_latency
+    for value in values:
+        by_one.observe(value)
+    observe_all(at_once, values)
+    observe_all(at_once, [])
+
+    def samples(registry: CollectorRegistry) -> list[tuple[str, dict[str, str], float]]:
+        return [(s.name, s.labels, s.value) for family in registry.collect()
+                if family.name == "ingest_message_latency_seconds" for s in family.samples
+                if not s.name.endswith("_created")]
+
+    assert samples(one_by_one) == samples(all_at_once)
+    assert any(value > 0 for _, _, value in samples(all_at_once))
