@@ -168,16 +168,40 @@ class BatchingConnection(ClientConnection):
 
     `send()` hands each frame to the socket on its own (one write per message: a fifth of the
     service's CPU at saturation, by profile). `send_texts()` queues the batch in the Sans-I/O
-    protocol, then `send_data()` passes everything queued to the transport at once; the batch's
-    mask keys come from one draw of random bytes (see `_MaskKeys`).
+    protocol, and a ping after it when asked, then `send_data()` passes everything queued to
+    the transport at once; the batch's mask keys come from one draw of random bytes (see
+    `_MaskKeys`).
     """
 
-    async def send_texts(self, messages: list[bytes]) -> None:
-        """Send each item (UTF-8 bytes) as a text message, in order."""
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._pings_sent = 0
+
+    async def send_texts(self, messages: list[bytes],
+                         ping: bool = False) -> asyncio.Future[float] | None:
+        """Send each item (UTF-8 bytes) as a text message, in order; with `ping`, a ping after
+        them in the same write (a separate `ping()` costs another send context and system
+        call), whose pong the returned future awaits as `ping()`'s would."""
+        pong = None
         async with self.send_context():
-            with _MASK_KEYS.drawn_for(len(messages)):
+            with _MASK_KEYS.drawn_for(len(messages) + ping):
                 for message in messages:
                     self.protocol.send_text(message)
+                if ping:
+                    pong = self._queue_ping()
+        return pong
+
+    def _queue_ping(self) -> asyncio.Future[float]:
+        # As websockets' ping() does in its send context: the pending ping's future is
+        # completed by acknowledge_pings() or failed when the connection closes (both skip a
+        # future already done). tests/test_net.py checks those internals. A counter makes the
+        # payload unique; websockets' own pings are 4 random bytes, these 8.
+        self._pings_sent += 1
+        data = self._pings_sent.to_bytes(8, "big")
+        pong: asyncio.Future[float] = self.loop.create_future()
+        self.pending_pings[data] = (pong, self.loop.time())
+        self.protocol.send_ping(data)
+        return pong
 
     def send_data(self) -> None:
         # As websockets' own send_data, but with one writelines() for all queued data.

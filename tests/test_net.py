@@ -44,6 +44,12 @@ def test_the_websockets_internals_we_rely_on_are_still_there():
     assert inspect.isfunction(ClientConnection.send_data)
     for name in ("send_text", "data_to_send", "fail"):
         assert inspect.isfunction(getattr(Protocol, name)), name
+    # BatchingConnection queues its ping as Connection.ping() does; a pong future already done
+    # (failed by our own timer) is skipped by both the pong and the close.
+    assert "self.pending_pings[data] = (pong_received, ping_timestamp)" in inspect.getsource(
+        Connection.ping)
+    for method in (Connection.acknowledge_pings, Connection.terminate_pending_pings):
+        assert "if not pong_received.done():" in inspect.getsource(method)
     # DirectConnection takes data frames where websockets would queue them for recv().
     assert "recv_messages.put(event)" in inspect.getsource(Connection.process_event)
     # A client frame's mask key: drawn through the module's `secrets`, which app.net replaces.

@@ -171,6 +171,37 @@ class _SinkConnection:
             return await sending
         return await self._bounded(sending)
 
+    async def _pong(self, pong: asyncio.Future[float]) -> None:
+        """Until `pong` arrives: TimeoutError after ping_timeout_s, ShutdownTimeout at the stop
+        deadline. The wait is the pong's own future, which a timer checking both limits every
+        WAIT_STEP_S fails: no task and no loop turn of its own (as `_bounded` would cost)."""
+        if not pong.done():
+            loop = asyncio.get_running_loop()
+            limit = time.monotonic() + self._options.ping_timeout_s
+            timer: asyncio.TimerHandle | None = None
+
+            def check() -> None:
+                nonlocal timer
+                if pong.done():
+                    return
+                try:
+                    step = self._remaining(min(WAIT_STEP_S, limit - time.monotonic()))
+                except ShutdownTimeout as timeout:
+                    pong.set_exception(timeout)
+                    return
+                if step <= 0:
+                    pong.set_exception(TimeoutError("no pong within ping_timeout"))
+                else:
+                    timer = loop.call_later(step, check)
+
+            check()
+            try:
+                await pong
+            finally:
+                if timer is not None:
+                    timer.cancel()
+        pong.result()
+
     async def _open_connection(self) -> BatchingConnection:
         """The open connection, waiting for one (and for the stop deadline)."""
         def usable() -> bool:
@@ -214,15 +245,15 @@ class _SinkConnection:
     async def _send(self, ws: BatchingConnection, frames: list[bytes], start: int) -> int:
         """Send frames[start:] in chunks, then wait for each chunk's confirmation in order."""
         confirm = self._options.confirm
-        pending: list[tuple[int, Awaitable[float] | int]] = []  # (end, pong or ack count)
+        pending: list[tuple[int, asyncio.Future[float] | int]] = []  # (end, pong or ack count)
         done = start
         try:
             for begin, end in chunks(frames, start, self._chunk_frames, CHUNK_BYTES):
                 batch = frames[begin:end]
-                size = sum(map(len, batch)) + FRAME_HEADER_BYTES * len(batch)
-                await self._at_once_or_bounded(ws, ws.send_texts(batch), size)
-                if confirm == "ping":
-                    pong = await self._at_once_or_bounded(ws, ws.ping(), FRAME_HEADER_BYTES)
+                size = sum(map(len, batch)) + FRAME_HEADER_BYTES * (len(batch) + 1)
+                pong = await self._at_once_or_bounded(
+                    ws, ws.send_texts(batch, ping=confirm == "ping"), size)
+                if pong is not None:
                     pending.append((end, pong))
                 elif confirm == "ack":
                     self._written += end - begin
@@ -233,7 +264,7 @@ class _SinkConnection:
                 if isinstance(token, int):
                     await self._wait_acked(ws, token)
                 else:
-                    await self._bounded(token, self._options.ping_timeout_s)
+                    await self._pong(token)
                 done = end
         except (ShutdownTimeout, asyncio.CancelledError):
             raise
@@ -241,7 +272,7 @@ class _SinkConnection:
             raise _Unconfirmed(self._confirmed(pending, done), exc) from exc
         return len(frames)
 
-    def _confirmed(self, pending: list[tuple[int, Awaitable[float] | int]], done: int) -> int:
+    def _confirmed(self, pending: list[tuple[int, asyncio.Future[float] | int]], done: int) -> int:
         """Where the confirmed prefix ends, counting confirmations that arrived while later
         chunks were being sent (a sink may close right after acknowledging)."""
         for end, token in pending:

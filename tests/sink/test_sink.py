@@ -3,10 +3,28 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 
 import pytest
+from prometheus_client import CollectorRegistry
 
-from support.servers import GARBAGE, Sink, feed_handler, garbage_env, script_handler, tick
+from app.envelope import Encoded
+from app.flow import _Delivery
+from app.metrics import Metrics
+from app.retry import Backoff
+from app.settings import SinkOptions
+from app.sink.sink import _SinkPartition
+from app.status import ConnectionStatus
+from support.servers import (
+    GARBAGE,
+    CuttingProxy,
+    Sink,
+    feed_handler,
+    garbage_env,
+    script_handler,
+    tick,
+)
 from support.wait import holds_for, wait_until
 
 
@@ -168,4 +186,35 @@ def test_a_sink_with_a_smaller_limit_refuses_one_frame_and_the_rest_flows(server
         assert "sink_message_too_big" in events and "sink_frame_refused" in events
         app.stop()
     finally:
+        sink.close()
+
+
+def test_a_pong_that_never_comes_fails_the_write_after_ping_timeout_and_it_is_resent():
+    # The network path to the sink freezes (nothing the service sends arrives, the connection
+    # stays open): only the missing pong tells. After ping_timeout the connection is dropped
+    # and the batch is resent on a new one.
+    sink = Sink()
+    proxy = CuttingProxy(sink.server.port)
+    metrics = Metrics(CollectorRegistry())
+    options = SinkOptions(name="sink", url=f"ws://127.0.0.1:{proxy.port}", headers={},
+                          framing="message", confirm="ping", max_message_bytes=1 << 20,
+                          reconnect=Backoff(0.05, 0.1), shutdown_timeout_s=5,
+                          ping_timeout_s=0.5)
+    partition = _SinkPartition(options, ConnectionStatus(), metrics, threading.Event(),
+                               _Delivery(metrics), 0)
+    try:
+        envelope = json.dumps({"source": "f", "seq": 1, "data": {}}).encode()
+        batch = [[Encoded("f", [envelope], [time.time()], [1])]]
+        partition.write_batch(batch)
+        assert sink.wait_for(lambda s: len(s.messages) == 1)
+        proxy.cut(after_s=60)  # frozen, not closed: no close frame, no reset
+        started = time.monotonic()
+        partition.write_batch(batch)
+        took = time.monotonic() - started
+        assert 0.5 <= took < 5
+        assert metrics.registry.get_sample_value("ingest_sink_retries_total") == 1
+        assert sink.wait_for(lambda s: len(s.messages) == 2) and sink.connections == 2
+    finally:
+        partition.close()
+        proxy.close()
         sink.close()
