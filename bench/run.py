@@ -283,6 +283,9 @@ def cases(quick: bool) -> list[Case]:
         Case("saturation, 2 feeds, 2 processes", "service", n, feeds=2, processes=2),
         Case("5000 msg/s", "baseline", fixed * min(seconds, 20), rate=fixed),
         Case("5000 msg/s", "service", fixed * seconds, rate=fixed),
+        # The baseline confirms nothing: the same without the ping per batch, for comparison.
+        Case("5000 msg/s, INGEST_SINK_CONFIRM=none", "service", fixed * seconds, rate=fixed,
+             extra_env={"INGEST_SINK_CONFIRM": "none"}),
         # Real venues (issue 13): the control rules of a venue on every frame, none matching.
         Case("saturation, venue rules", "service", n, feed_keys=VENUE_RULES),
         # Many feeds (issue 10): one process, one worker.
@@ -327,6 +330,9 @@ def ratios(rows: list[dict[str, Any]]) -> dict[str, float]:
         "venue rules / none, saturation throughput": round(
             throughput("saturation, venue rules") / throughput("saturation"), 2),
         "cpu per message service/baseline, 5000 msg/s": cpu_ratio("5000 msg/s"),
+        "cpu per message service (confirm=none)/baseline, 5000 msg/s": round(
+            find("5000 msg/s, INGEST_SINK_CONFIRM=none", "service")["cpu_s_per_million"]
+            / fixed_b["cpu_s_per_million"], 2),
         "cpu per message service/baseline, 1000 feeds x 10 msg/s": cpu_ratio(
             "1000 feeds x 10 msg/s"),
         "cpu per message service/baseline, 999 idle + 1 busy": cpu_ratio(
