@@ -295,7 +295,8 @@ class FeedReader:
         raise ws.protocol.close_exc
 
     async def _read_plain(self, ws: ClientConnection) -> None:
-        """The common case, kept tight: every frame is data."""
+        """Every frame is data, read with recv(): for text payloads and rotating feeds (the
+        rest read in `_read_direct`)."""
         recv, decode, keep, health = ws.recv, self._decode, self._keep, self._health
         self._last_frame_at = time.time()
         while True:
