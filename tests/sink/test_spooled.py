@@ -27,9 +27,10 @@ def spool_env(feed_url: str, sink_url: str, directory: object, **extra: str) -> 
 @pytest.mark.parametrize("spooled", [True, False])
 def test_a_sink_outage_costs_no_feed_with_a_spool(servers, dataflow, tmp_path, spooled):
     # 2 000 msg/s from a feed that drops a client leaving its ping unanswered for 0.5 s. The
-    # sink goes away for 3 s. Without a spool the worker waits in write_batch, the feed's loop
-    # stops, and the feed drops us (the control case); with one, the feed is never dropped and
-    # every message arrives once the sink is back, in order, none missing.
+    # sink goes away for 3 s. Without a spool the worker waits in write_batch, the feed's
+    # socket is not read once its buffer is full, and the feed drops us (the control case);
+    # with one, the feed is never dropped and every message arrives once the sink is back, in
+    # order, none missing.
     total = 12_000
     sink = Sink()
     try:

@@ -38,7 +38,8 @@ def test_ponging_client_stays_a_stalled_one_is_dropped(sim: BinanceSimulation) -
         # `read=False`: the client stops reading, so its pongs stop too (a stalled consumer).
         async with Client(feed) as good, Client(feed, read=False):
             await until(lambda: bool(sim.dropped), 3, "the stalled client dropped")
-            await until(lambda: sim.pings_answered >= 3, 2, "three pongs")
+            await until(lambda: sim.pings_answered >= 3, 10, "three pongs")
+            await until(lambda: len(good.data()) >= 5, 10, "five tickers read")
             assert not good.closed
         assert sim.dropped == ["missed heartbeat (no pong within a minute)"]
         control, data = good.control(), good.data()

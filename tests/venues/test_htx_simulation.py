@@ -36,8 +36,9 @@ def test_answering_client_stays_the_silent_one_is_dropped_after_two_pings(
 
     async def scenario() -> None:
         async with Client(feed) as good, Client(feed, answer=False) as silent:
-            await until(lambda: silent.closed, 2, "the silent client dropped")
-            await until(lambda: sim.pings_answered >= 3, 2, "three answered pings")
+            await until(lambda: silent.closed, 10, "the silent client dropped")
+            await until(lambda: sim.pings_answered >= 3, 10, "three answered pings")
+            await until(lambda: len(good.data()) >= 5, 10, "five data frames read")
             assert not good.closed
             pings = [frame for frame in good.control() if "ping" in frame]
             assert len(pings) >= 3 and all(isinstance(p["ping"], int) for p in pings)

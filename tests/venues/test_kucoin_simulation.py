@@ -35,8 +35,12 @@ def test_pinging_client_stays_a_silent_one_is_dropped(sim: KucoinSimulation) -> 
 
     async def scenario() -> None:
         async with Client(feed) as good, Client(feed, heartbeat=False) as silent:
-            await until(lambda: silent.closed, 2, "the silent client dropped")
-            await until(lambda: sim.client_heartbeats >= 3, 2, "three heartbeats")
+            await until(lambda: silent.closed, 10, "the silent client dropped")
+            await until(lambda: sim.client_heartbeats >= 3, 10, "three heartbeats")
+            # The client's own view: the third pong may still be on its way when the
+            # simulation has counted the third heartbeat.
+            await until(lambda: good.control().count({"id": "hb", "type": "pong"}) >= 3
+                        and len(good.data()) >= 5, 10, "three pongs and five tickers read")
             assert not good.closed
         assert sim.dropped == ["missed heartbeat (client silent)"]
         control, data = good.control(), good.data()

@@ -39,7 +39,10 @@ def test_pinging_client_outlives_quiet_spells_silent_ones_are_dropped(sim: OkxSi
                 Client(feed, subscribe=False, heartbeat=False) as idle:
             # A quiet spell is longer than the 30 s (scaled) rule; the pings carry `good` over it.
             await until(lambda: silent.closed and idle.closed, 4, "the silent clients dropped")
-            await until(lambda: sim.client_heartbeats >= 3, 2, "three heartbeats")
+            await until(lambda: sim.client_heartbeats >= 3, 10, "three heartbeats")
+            # The client's own view: its third pong may still be on its way.
+            await until(lambda: good.control().count("pong") >= 3 and len(good.data()) >= 10,
+                        10, "three pongs and ten tickers read")
             assert not good.closed
         assert sorted(sim.dropped) == ["no subscribe", "nothing pushed (missed heartbeat)"]
         control, data = good.control(), good.data()
