@@ -1,8 +1,9 @@
 """How long a sink outage a feed survives: `python -m bench.outage [--spool] [--hold-gb G]`.
 
-Without a spool, while the sink is down the worker waits in write_batch, and its feeds' event
-loops do not run: no frame is read and no ping is answered. A feed server that pings with an
-interval P and a timeout T then drops us. This runs a feed server with P = T = 2 s (real feeds
+Without a spool, while the sink is down the worker waits in write_batch; its feeds are read
+(by the standby thread) until their buffers hold INGEST_BATCH_SIZE frames, then no frame is read
+and no ping is answered. A feed server that pings with an interval P and a timeout T then drops
+us. This runs a feed server with P = T = 2 s (real feeds
 often use 20 s / 20 s: scale accordingly), takes the sink away for a range of durations, and
 reports whether the feed connection survived, and how many messages the feed had sent that never
 arrived. (This test feed pauses while no connection is open, so that count covers only what was
