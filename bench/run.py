@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -155,6 +156,19 @@ def scraped_counts(metrics_port: int | None, processes: int) -> dict[str, float]
     return totals
 
 
+def stop(processes: Sequence[subprocess.Popen[bytes]],
+         then_wait_for: Sequence[subprocess.Popen[bytes]] = ()) -> None:
+    """SIGTERM `processes`; wait for them and `then_wait_for` (which end by themselves), up
+    to 10 s each, then kill."""
+    for process in processes:
+        process.terminate()
+    for process in (*processes, *then_wait_for):
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
 def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
@@ -178,13 +192,7 @@ def run_idle_case(case: Case, seconds: float) -> dict[str, Any]:
         fds = sum(open_fds(p.pid) for p in relay)
         rss = sum(memory_kib(p.pid, "VmRSS") for p in relay) / 1024
     finally:
-        for process in (*relay, loadgen, receiver):
-            process.terminate()
-        for process in (*relay, loadgen, receiver):
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop([*relay, loadgen, receiver])
     feeds = case.feeds + case.idle
     return {"case": case.name, "relay": case.relay, "feeds": feeds, "startup_s": round(startup, 2),
             "idle_cores": round(cores, 3), "rss_mib": round(rss, 1), "open_fds": fds,
@@ -225,13 +233,7 @@ def run_case(case: Case) -> dict[str, Any]:
         peak_rss_mib = max(memory_kib(p.pid, "VmHWM") for p in relay) / 1024
         counts = scraped_counts(metrics_port, case.processes)
     finally:
-        for process in (*relay, loadgen):
-            process.terminate()
-        for process in (*relay, loadgen, receiver):
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop([*relay, loadgen], then_wait_for=[receiver])
     result = json.loads(out.read_text())
     received = result["count"]
     seconds = max(1e-9, result["last"] - result["first"]) if received else float("nan")

@@ -4,6 +4,7 @@ its own loop thread."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import time
@@ -14,6 +15,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from app.demo.receiver import Acknowledger
+from support.wait import until
 
 Handler = Callable[[ServerConnection], Awaitable[None]]
 
@@ -73,7 +75,49 @@ class WsServer:
         self._thread.stop()
 
 
-class CuttingProxy:
+class TcpServer:
+    """A TCP server on 127.0.0.1 in a loop thread of its own. `_handle` serves a connection (by
+    default it holds it, saying nothing); every writer in `_writers` is aborted by `close`."""
+
+    def __init__(self) -> None:
+        self._thread = LoopThread()
+        self._writers: list[asyncio.StreamWriter] = []
+
+        async def start() -> asyncio.Server:
+            return await asyncio.start_server(self._handle, "127.0.0.1", 0)
+
+        self._server: asyncio.Server = self._thread.call(start())
+        self.port: int = self._server.sockets[0].getsockname()[1]
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.append(writer)
+
+    def close(self) -> None:
+        async def stop() -> None:
+            self._server.close()
+            for writer in self._writers:
+                writer.transport.abort()
+
+        self._thread.call(stop())
+        self._thread.stop()
+
+
+async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+               dropping: Callable[[], bool] = lambda: False) -> None:
+    """Copy `reader` to `writer` until either side ends (what arrives while `dropping()` is
+    lost, as on a dead network path); then close `writer`."""
+    try:
+        while data := await reader.read(65536):
+            if not dropping():
+                writer.write(data)
+                await writer.drain()
+    except (ConnectionError, OSError):
+        pass
+    finally:
+        writer.close()
+
+
+class CuttingProxy(TcpServer):
     """A TCP proxy on 127.0.0.1 in front of `target_port` that can cut its connections.
 
     `cut()` stops forwarding what clients send (it is dropped, as on a dead network path), then
@@ -83,34 +127,17 @@ class CuttingProxy:
 
     def __init__(self, target_port: int) -> None:
         self._target = target_port
-        self._thread = LoopThread()
         self._pairs: list[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = []
         self._frozen: set[asyncio.StreamWriter] = set()
-
-        async def start() -> asyncio.Server:
-            return await asyncio.start_server(self._handle, "127.0.0.1", 0)
-
-        self._server: asyncio.Server = self._thread.call(start())
-        self.port = self._server.sockets[0].getsockname()[1]
+        super().__init__()
 
     async def _handle(self, client_r: asyncio.StreamReader,
                       client_w: asyncio.StreamWriter) -> None:
         server_r, server_w = await asyncio.open_connection("127.0.0.1", self._target)
         self._pairs.append((client_w, server_w))
-
-        async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                       upstream: bool) -> None:
-            try:
-                while data := await reader.read(65536):
-                    if not (upstream and server_w in self._frozen):
-                        writer.write(data)
-                        await writer.drain()
-            except (ConnectionError, OSError):
-                pass
-            finally:
-                writer.close()
-
-        await asyncio.gather(pump(client_r, server_w, True), pump(server_r, client_w, False))
+        self._writers += (client_w, server_w)
+        await asyncio.gather(pump(client_r, server_w, lambda: server_w in self._frozen),
+                             pump(server_r, client_w))
 
     def cut(self, after_s: float = 0.5) -> None:
         """Drop what every open connection's client sends from now on; abort them later."""
@@ -126,16 +153,6 @@ class CuttingProxy:
             self._thread.loop.call_later(after_s, abort)
 
         self._thread.loop.call_soon_threadsafe(freeze)
-
-    def close(self) -> None:
-        async def stop() -> None:
-            self._server.close()
-            for client, server in self._pairs:
-                client.transport.abort()
-                server.transport.abort()
-
-        self._thread.call(stop())
-        self._thread.stop()
 
 
 class Sink:
@@ -265,7 +282,9 @@ def feed_handler(
                 if sent is not None:
                     sent.append(n)
                 if drop_every and on_this_connection >= drop_every:
-                    await asyncio.sleep(0.05)  # let the last ones leave before the abort
+                    # The last ones leave first (into the socket), then the abort.
+                    with contextlib.suppress(AssertionError):
+                        await until(lambda: not ws.transport.get_write_buffer_size(), 1)
                     ws.transport.abort()
                     return
                 if interval:  # on schedule: sleep only when ahead of it

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 
@@ -24,3 +25,13 @@ def holds_for(condition: Callable[[], object], seconds: float, interval: float =
             return False
         time.sleep(interval)
     return bool(condition())
+
+
+async def until(condition: Callable[[], object], timeout: float = 20.0,
+                message: str = "condition not met", interval: float = 0.01) -> None:
+    """`wait_until` inside an event loop: the loop runs on while this waits."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out waiting for {message}")
+        await asyncio.sleep(interval)

@@ -32,6 +32,7 @@ from app.net import (
     reconnect_forever,
 )
 from app.retry import Backoff, Failure
+from support.wait import until
 
 LOG = structlog.get_logger("test")
 
@@ -123,10 +124,7 @@ def test_a_cancelled_connection_closes_with_1000():
             await opened.wait()
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-            for _ in range(100):
-                if received:
-                    break
-                await asyncio.sleep(0.01)
+            await until(lambda: received, 5, "the server to see the close")
 
     asyncio.run(run())
     assert received == [("closed", CloseCode.NORMAL_CLOSURE)]
@@ -203,10 +201,8 @@ def test_direct_delivery_keeps_order_joins_fragments_and_keeps_early_messages():
                     if message.startswith(b'{"last"'):
                         last.set()
 
-                for _ in range(500):  # the first message, parsed before deliver_to
-                    if ws._early:
-                        break
-                    await asyncio.sleep(0.01)
+                # The first message, parsed before deliver_to.
+                await until(lambda: ws._early, 5, "the first message")
                 ws.deliver_to(on_message)
                 await asyncio.wait_for(last.wait(), 5)
                 return got
@@ -230,10 +226,7 @@ def test_failed_attempts_are_classified_and_retried_with_backoff():
             lambda: open_connection(Endpoint(f"ws://127.0.0.1:{port}"), ClientConnection),
             lambda ws: asyncio.sleep(0), backoff=Backoff(0.001, 0.01), log=LOG,
             event_prefix="test", on_down=lambda: None, on_failure=failures.append))
-        for _ in range(500):
-            if len(failures) >= 3:
-                break
-            await asyncio.sleep(0.01)
+        await until(lambda: len(failures) >= 3, 5, "three failed attempts")
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
 
@@ -258,10 +251,7 @@ def test_a_rejected_handshake_is_logged_with_its_status(status: int, level: str)
                 lambda ws: asyncio.sleep(0),
                 backoff=Backoff(0.001, 0.01), log=structlog.get_logger("test"),
                 event_prefix="test", on_down=lambda: None, on_failure=failures.append))
-            for _ in range(500):
-                if failures:
-                    break
-                await asyncio.sleep(0.01)
+            await until(lambda: failures, 5, "a failed attempt")
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
 

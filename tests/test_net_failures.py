@@ -27,7 +27,7 @@ from app.retry import (
     classify_failure,
     parse_retry_after,
 )
-from support.servers import LoopThread
+from support.servers import TcpServer
 from support.service import free_port
 from support.wait import wait_until
 
@@ -54,30 +54,8 @@ async def _no_session(ws: ClientConnection) -> None:
     raise AssertionError("every handshake is refused")
 
 
-class Silent:
+class Silent(TcpServer):
     """Accepts TCP connections and never answers the handshake."""
-
-    def __init__(self) -> None:
-        self._thread = LoopThread()
-        self._writers: list[asyncio.StreamWriter] = []
-
-        async def start() -> asyncio.Server:
-            async def hold(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-                self._writers.append(w)
-
-            return await asyncio.start_server(hold, "127.0.0.1", 0)
-
-        self._server: asyncio.Server = self._thread.call(start())
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    def close(self) -> None:
-        async def stop() -> None:
-            self._server.close()
-            for writer in self._writers:
-                writer.transport.abort()
-
-        self._thread.call(stop())
-        self._thread.stop()
 
 
 def test_every_reason_is_counted_per_feed_and_logged(servers, sink, dataflow):

@@ -14,14 +14,14 @@ import json
 
 import pytest
 
-from support.servers import LoopThread, feed_handler
+from support.servers import TcpServer, feed_handler, pump
 from support.wait import wait_until
 
 PROXY_VARIABLES = ("ws_proxy", "wss_proxy", "http_proxy", "https_proxy", "all_proxy",
                    "socks_proxy", "no_proxy")
 
 
-class ConnectProxy:
+class ConnectProxy(TcpServer):
     """An HTTP CONNECT proxy on 127.0.0.1 that records every target it was asked for; it
     tunnels to 127.0.0.1 only (anything else: 403), or refuses all with `refuse` (a status)."""
 
@@ -30,14 +30,7 @@ class ConnectProxy:
     def __init__(self, refuse: int | None = None) -> None:
         self.targets: list[str] = []
         self._refuse = refuse
-        self._thread = LoopThread()
-        self._writers: list[asyncio.StreamWriter] = []
-
-        async def start() -> asyncio.Server:
-            return await asyncio.start_server(self._handle, "127.0.0.1", 0)
-
-        self._server: asyncio.Server = self._thread.call(start())
-        self.port = self._server.sockets[0].getsockname()[1]
+        super().__init__()
         self.url = f"{self.scheme}://127.0.0.1:{self.port}"
 
     async def _handle(self, client_r: asyncio.StreamReader,
@@ -55,16 +48,7 @@ class ConnectProxy:
         server_r, server_w = await asyncio.open_connection("127.0.0.1", int(port))
         self._writers.append(server_w)
         client_w.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
-        await asyncio.gather(_pump(client_r, server_w), _pump(server_r, client_w))
-
-    def close(self) -> None:
-        async def stop() -> None:
-            self._server.close()
-            for writer in self._writers:
-                writer.transport.abort()
-
-        self._thread.call(stop())
-        self._thread.stop()
+        await asyncio.gather(pump(client_r, server_w), pump(server_r, client_w))
 
 
 class Socks5Proxy(ConnectProxy):
@@ -93,18 +77,7 @@ class Socks5Proxy(ConnectProxy):
         server_r, server_w = await asyncio.open_connection("127.0.0.1", port)
         self._writers.append(server_w)
         client_w.write(b"\x05\x00\x00\x01" + bytes(6))  # succeeded
-        await asyncio.gather(_pump(client_r, server_w), _pump(server_r, client_w))
-
-
-async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-    except (ConnectionError, OSError):
-        pass
-    finally:
-        writer.close()
+        await asyncio.gather(pump(client_r, server_w), pump(server_r, client_w))
 
 
 @pytest.fixture

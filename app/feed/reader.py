@@ -97,15 +97,13 @@ class FeedReader:
         self._rules = feed.control_rules()
         self._sequence = feed.sequence_tracker()
         self._event_time = feed.event_time_reader()
-        # Frames the plain loop cannot take: binary to inflate, control rules, parsed fields.
-        self._plain = not (self._rules or self._sequence or self._event_time
-                           or feed.decompress != "none" or feed.heartbeat)
         # bytes for the JSON parser; str/bytes by frame type where binary frames get inflated
         self._decode = (None if options.payload == "text" or feed.decompress != "none"
                         else False)
-        # The plain loop's common case, read without recv(): see `_read_direct`. A rotation
-        # reads its second connection with recv(), so a rotating feed reads that way throughout.
-        self._direct = self._plain and self._decode is False and not feed.rotate_after
+        # Every frame is data, as bytes: read without recv(), see `_read_direct`. The rest is
+        # read with recv() by `_read`; so is a rotating feed (its second connection is).
+        self._direct = not (self._rules or self._sequence or self._event_time or feed.heartbeat
+                            or self._decode is not False or feed.rotate_after)
         self._paused: ClientConnection | None = None  # its reading paused: our buffer is full
         self._pending: list[Frame] = []
         self._pending_bytes = 0
@@ -228,8 +226,6 @@ class FeedReader:
         try:
             if isinstance(ws, DirectConnection):
                 await self._read_direct(ws)
-            elif self._plain:
-                await self._read_plain(ws)
             else:
                 await self._read(ws, session)
         except (ConnectionClosed, _Retired):
@@ -294,24 +290,11 @@ class FeedReader:
                 self._paused = None  # the next connection is paused anew if still full
         raise ws.protocol.close_exc
 
-    async def _read_plain(self, ws: ClientConnection) -> None:
-        """Every frame is data, read with recv(): for text payloads and rotating feeds (the
-        rest read in `_read_direct`)."""
-        recv, decode, keep, health = ws.recv, self._decode, self._keep, self._health
-        self._last_frame_at = time.time()
-        while True:
-            await self._wait_for_room()
-            payload = await recv(decode)
-            if self._retired is ws:
-                raise _Retired
-            self._last_frame_at = received_at = time.time()
-            health.alive_at = time.monotonic()
-            keep(payload, payload_size(payload), received_at)
-
     async def _read(self, ws: ClientConnection, session: _Session) -> None:
-        """Frames through the feed's rules: inflate, classify, answer control, track data. The
-        loop is written out (no helper per frame where a feed does not need it): it runs for
-        every frame of a feed with rules."""
+        """Frames read with recv(), through the feed's rules if it has any: inflate, classify,
+        answer control, track data (feeds with none but text payloads or rotation read here
+        too; the rest in `_read_direct`). The loop is written out, no helper per frame where a
+        feed does not need it: it runs for every frame."""
         recv, decode, health, keep = ws.recv, self._decode, self._health, self._keep
         classify = self._rules.classify if self._rules else None
         inflating = self.feed.decompress != "none"

@@ -236,14 +236,6 @@ def env_feed(venue: str) -> dict[str, Any]:
     return feed
 
 
-async def until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    """Wait until `condition()` holds, polling; fail naming `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
-
-
 def _holds(pattern: Any, value: Any) -> bool:
     if pattern == "*":
         return True

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from tests.venues._sim_a import Client, check_feed_settings, env_feed, until
+from support.wait import until
+from tests.venues._sim_a import Client, check_feed_settings, env_feed
 from tests.venues.kucoin import KucoinSimulation
 
 # Switch on once FeedSettings takes the venue keys (heartbeat, control, subscribe_ack, ...).
