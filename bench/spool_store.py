@@ -144,21 +144,14 @@ class PersistQueuePerBatch(PersistQueuePerRecord):
         return len(self.queue.get(block=False))
 
 
-class PersistQueueFile(Store):
+class PersistQueueFile(PersistQueuePerRecord):
     def __init__(self, directory: Path) -> None:
         import persistqueue
 
-        self.queue: Any = persistqueue.Queue(str(directory), tempdir=str(directory))
-
-    def append(self, records: list[Record]) -> None:
-        for r in records:
-            self.queue.put(tuple(r))
+        self.queue = persistqueue.Queue(str(directory), tempdir=str(directory))
 
     def drain(self, up_to: int) -> int:
-        n = 0
-        while n < up_to and self.queue.qsize():
-            self.queue.get(block=False)
-            n += 1
+        n = super().drain(up_to)
         self.queue.task_done()  # persists the read position
         return n
 
