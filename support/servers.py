@@ -15,7 +15,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from app.demo.receiver import Acknowledger
-from support.wait import until
+from support.wait import until, wait_until
 
 Handler = Callable[[ServerConnection], Awaitable[None]]
 
@@ -221,15 +221,17 @@ class Sink:
         return result
 
     def wait_for(self, predicate: Callable[[Sink], bool], timeout: float = 20) -> bool:
-        """Poll `predicate` (called with the lock held: it must not call by_source())."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        """Whether `predicate` came true within `timeout` (it is called with the lock held: it
+        must not call by_source())."""
+        def holds() -> bool:
             with self._lock:
-                if predicate(self):
-                    return True
-            time.sleep(0.05)
-        with self._lock:
-            return predicate(self)
+                return predicate(self)
+
+        try:
+            wait_until(holds, timeout, interval=0.05)
+        except AssertionError:
+            return False
+        return True
 
     def close(self) -> None:
         if self._proxy is not None:
