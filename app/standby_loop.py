@@ -35,8 +35,7 @@ class StandbyLoop:
         self.loop = asyncio.new_event_loop()
         self._state = threading.Condition()
         self._holder: Literal["owner", "standby"] | None = None
-        self._owner_waits = False  # the standby takes the loop no more until the owner had it
-        self._stop_asked = False
+        self._owner_waits = False
         self._released_at = time.monotonic()
         self._closed = False
         self._standby = threading.Thread(target=self._stand_by, name=f"{name}-standby",
@@ -46,11 +45,10 @@ class StandbyLoop:
     def __enter__(self) -> asyncio.AbstractEventLoop:
         """Take the loop for the calling thread to run (stopping the standby if it runs it)."""
         with self._state:
-            self._owner_waits = True
+            self._owner_waits = True  # so the standby, once stopped, does not take it again
+            if self._holder == "standby":
+                self.loop.call_soon_threadsafe(self.loop.stop)  # after its current turn
             while self._holder is not None:
-                if self._holder == "standby" and not self._stop_asked:
-                    self._stop_asked = True
-                    self.loop.call_soon_threadsafe(self.loop.stop)
                 self._state.wait()
             self._holder, self._owner_waits = "owner", False
         return self.loop
@@ -81,7 +79,7 @@ class StandbyLoop:
                     self._state.wait(STANDBY_AFTER_S - idle_for)
                 if self._closed:
                     return
-                self._holder, self._stop_asked = "standby", False
+                self._holder = "standby"
             try:
                 self.loop.run_forever()
             finally:

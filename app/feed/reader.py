@@ -261,9 +261,10 @@ class FeedReader:
         self._pending_bytes += len(payload)
 
     async def _read_direct(self, ws: DirectConnection) -> None:
-        """The plain loop's common case, with no task switch per frame: websockets hands each
-        data frame to `keep` as it parses it (see `DirectConnection`), and this waits for the
-        connection's end. While the feed's buffer is full, the socket is not read."""
+        """A feed whose every frame is data, as bytes (see `_direct`), with no task switch per
+        frame: websockets hands each data frame to `keep` as it parses it (see
+        `DirectConnection`), and this waits for the connection's end. While the feed's buffer
+        is full, the socket is not read."""
         self._last_frame_at = time.time()
         max_frames, max_bytes = self._options.batch_size, self._buffer_bytes
         health, keep = self._health, self._keep
