@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -22,10 +23,31 @@ from support.wait import wait_until
 ROOT = Path(__file__).resolve().parent.parent
 
 
+PORTS_BELOW_EPHEMERAL = 12_000
+
+
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as ports:
+            return int(ports.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port free now, for a process started next to listen on. It is picked below the
+    kernel's ephemeral range: ports in that range are also handed out as the source ports of
+    outgoing connections, and under load one took a service's port before it could listen."""
+    low = _ephemeral_low()
+    for _ in range(200):
+        port = random.randrange(max(1024, low - PORTS_BELOW_EPHEMERAL), low) if low > 2048 else 0
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(s.getsockname()[1])
+    raise RuntimeError("no free port")
 
 
 def free_ports(count: int) -> int:
