@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import structlog
@@ -18,23 +18,27 @@ import websockets.frames
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.connection import Connection
 from websockets.asyncio.server import ServerConnection, serve
+from websockets.client import ClientProtocol
 from websockets.exceptions import ConnectionClosed
+from websockets.extensions.permessage_deflate import PerMessageDeflate
 from websockets.frames import CloseCode
-from websockets.protocol import Protocol
+from websockets.protocol import Protocol, Side, State
+from websockets.uri import parse_uri
 
 from app.net import (
     BatchingConnection,
     DirectConnection,
     Endpoint,
-    _MaskKeys,
     keepalive,
     open_connection,
+    queue_text_frames,
     reconnect_forever,
 )
 from app.retry import Backoff, Failure
 from support.wait import until
 
 LOG = structlog.get_logger("test")
+P = TypeVar("P", bound=Protocol)
 
 
 def test_the_websockets_internals_we_rely_on_are_still_there():
@@ -53,21 +57,59 @@ def test_the_websockets_internals_we_rely_on_are_still_there():
         assert "if not pong_received.done():" in inspect.getsource(method)
     # DirectConnection takes data frames where websockets would queue them for recv().
     assert "recv_messages.put(event)" in inspect.getsource(Connection.process_event)
-    # A client frame's mask key: drawn through the module's `secrets`, which app.net replaces.
+    # queue_text_frames writes frames where send_frame would, with the extension's encoder.
+    assert "self.writes.append(" in inspect.getsource(Protocol.send_frame)
+    assert "self.encoder.compress(frame.data) + self.encoder.flush(zlib.Z_SYNC_FLUSH)" in (
+        inspect.getsource(PerMessageDeflate.encode))
     assert "secrets.token_bytes(4)" in inspect.getsource(websockets.frames.Frame.serialize)
-    assert isinstance(websockets.frames.secrets, _MaskKeys)
 
 
-def test_a_batch_draws_its_mask_keys_once_and_uses_each_once(monkeypatch):
+def _open(protocol: P, compression: bool) -> P:
+    protocol.state = State.OPEN
+    if compression:  # as negotiated by default: context takeover, 15-bit windows
+        protocol.extensions = [PerMessageDeflate(False, False, 15, 15, {"memLevel": 5})]
+    return protocol
+
+
+@pytest.mark.parametrize("compression", [True, False])
+def test_batched_frames_are_byte_for_byte_those_of_send_text(monkeypatch: pytest.MonkeyPatch,
+                                                             compression: bool) -> None:
+    # Every length class of the header (7-bit, 16-bit, 64-bit), an empty and a repeated one.
+    messages = [b'{"a":1}', b"x" * 200, "\u00e9".encode() * 40_000, b"", b'{"a":1}']
+    key_material = os.urandom(4 * len(messages))
     draws: list[int] = []
-    real = os.urandom
-    monkeypatch.setattr(os, "urandom", lambda n: draws.append(n) or real(n))
-    keys = _MaskKeys()
-    with keys.drawn_for(3):
-        batch = [keys.token_bytes(4) for _ in range(3)]
-        beyond = keys.token_bytes(4)  # past the batch: secrets, as usual
-    assert draws[0] == 12 and len(set(batch)) == 3 and beyond not in batch
-    assert len(keys.token_bytes(4)) == 4  # outside a batch
+    batched = _open(ClientProtocol(parse_uri("ws://127.0.0.1/")), compression)
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "urandom", lambda n: draws.append(n) or key_material)
+        assert queue_text_frames(batched, messages)
+    assert draws == [4 * len(messages)]  # every mask key of the batch from one draw
+    sent = b"".join(batched.data_to_send())
+
+    keys = iter(range(0, len(key_material), 4))
+    one_by_one = _open(ClientProtocol(parse_uri("ws://127.0.0.1/")), compression)
+    with monkeypatch.context() as patch:
+        patch.setattr(websockets.frames.secrets, "token_bytes",
+                      lambda n: key_material[(i := next(keys)):i + n])
+        for message in messages:
+            one_by_one.send_text(message)
+    assert b"".join(one_by_one.data_to_send()) == sent
+
+    server = _open(Protocol(Side.SERVER, max_size=None), compression)
+    server.receive_data(sent)
+    assert [bytes(frame.data) for frame in server.events_received()] == messages
+
+
+def test_batched_frames_leave_what_they_cannot_do_to_send_text():
+    fragmenting = _open(ClientProtocol(parse_uri("ws://127.0.0.1/")), False)
+    fragmenting.send_text(b"first part", fin=False)
+    closed = ClientProtocol(parse_uri("ws://127.0.0.1/"))
+    closed.state = State.CLOSED
+    no_takeover = _open(ClientProtocol(parse_uri("ws://127.0.0.1/")), False)
+    no_takeover.extensions = [PerMessageDeflate(False, True, 15, 15)]
+    for protocol in (fragmenting, closed, no_takeover):
+        queued = len(protocol.writes)
+        assert not queue_text_frames(protocol, [b"x"])
+        assert len(protocol.writes) == queued
 
 
 async def _recording_server(received: list[Any]):
