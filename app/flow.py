@@ -18,7 +18,7 @@ from app.envelope import Encoded, EnvelopeBuilder, Outcome, Poll
 from app.feed.seqblocks import SpooledSeqBlocks
 from app.feed.source import WebSocketSource
 from app.logs import RateLimiter
-from app.metrics import Metrics, observe_all
+from app.metrics import Metrics, observe_all, observe_one
 from app.settings import Options
 from app.sink.sink import WebSocketSink
 from app.sink.spool import Spool
@@ -52,7 +52,7 @@ class _Delivery:
             latency = self._batch_latency.get(source)
             if latency is None:
                 latency = self._batch_latency[source] = self._metrics.batch_latency.labels(source)
-            latency.observe(finished_at - received_at)
+            observe_one(latency, finished_at - received_at)
 
 
 class _DeadLetters:

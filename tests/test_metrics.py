@@ -10,6 +10,7 @@ from app.metrics import (
     LATENCY_BUCKETS,
     Metrics,
     observe_all,
+    observe_one,
 )
 from app.status import ConnectionStatus
 
@@ -86,15 +87,18 @@ def test_up_gauges_read_the_status_when_scraped():
     assert value("ingest_sink_up") == 1
 
 
-def test_observe_all_counts_as_observe_does():
-    # observe_all writes prometheus-client's internals: same series as observe, or it broke.
+def test_observe_all_and_observe_one_count_as_observe_does():
+    # They write prometheus-client's internals: the same series as observe, or they broke.
     values = [0.0, -1.0, 0.0005, 0.001, 0.0011, *LATENCY_BUCKETS, 29.9, 30.0, 31.0, 1e9,
               *(i / 997 for i in range(2000))]
-    one_by_one, all_at_once = CollectorRegistry(), CollectorRegistry()
+    one_by_one, all_at_once, ours_one_by_one = (
+        CollectorRegistry(), CollectorRegistry(), CollectorRegistry())
     by_one = Metrics(one_by_one).message_latency
     at_once = Metrics(all_at_once).message_latency
+    ours_by_one = Metrics(ours_one_by_one).message_latency
     for value in values:
         by_one.observe(value)
+        observe_one(ours_by_one, value)
     observe_all(at_once, values)
     observe_all(at_once, [])
 
@@ -103,5 +107,24 @@ def test_observe_all_counts_as_observe_does():
                 if family.name == "ingest_message_latency_seconds" for s in family.samples
                 if not s.name.endswith("_created")]
 
-    assert samples(one_by_one) == samples(all_at_once)
+    assert samples(one_by_one) == samples(all_at_once) == samples(ours_one_by_one)
     assert any(value > 0 for _, _, value in samples(all_at_once))
+
+
+def test_a_poll_counts_as_the_four_calls_it_stands_for():
+    by_calls, by_polled = CollectorRegistry(), CollectorRegistry()
+    feed, polled = Metrics(by_calls).feed("f"), Metrics(by_polled).feed("f")
+    for count, size, last in ((1, 200, 10.5), (7, 1400, 11.25), (1000, 10**6, 12.0)):
+        feed.received.inc(count)
+        feed.bytes.inc(size)
+        feed.batch_size.observe(count)
+        feed.last_message.set(last)
+        polled.polled(count, size, last)
+
+    def samples(registry: CollectorRegistry) -> list[tuple[str, dict[str, str], float]]:
+        return [(s.name, s.labels, s.value) for family in registry.collect()
+                for s in family.samples if not s.name.endswith("_created")]
+
+    assert samples(by_calls) == samples(by_polled)
+    assert ("ingest_source_last_message_timestamp_seconds", {"source": "f"}, 12.0) in (
+        samples(by_polled))

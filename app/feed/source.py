@@ -84,11 +84,8 @@ class _FeedsPartition(StatefulSourcePartition[Poll, None]):
             frames = reader.take()
             if frames:
                 chunks.append(Chunk(reader.name, frames))
-                metrics = self._metrics[reader.name]
-                metrics.received.inc(len(frames))
-                metrics.bytes.inc(sum(frame.size for frame in frames))
-                metrics.batch_size.observe(len(frames))
-                metrics.last_message.set(frames[-1].received_at)
+                self._metrics[reader.name].polled(
+                    len(frames), sum(frame.size for frame in frames), frames[-1].received_at)
         return chunks
 
     def next_batch(self) -> list[Poll]:
