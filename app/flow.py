@@ -12,13 +12,12 @@ import time
 import bytewax.operators as op
 import structlog
 from bytewax.dataflow import Dataflow
-from prometheus_client import Histogram
 
 from app.envelope import Encoded, EnvelopeBuilder, Outcome, Poll
 from app.feed.seqblocks import SpooledSeqBlocks
 from app.feed.source import WebSocketSource
 from app.logs import RateLimiter
-from app.metrics import Metrics, observe_all, observe_one
+from app.metrics import Metrics, OwnedHistogram, observe_all
 from app.settings import Options
 from app.sink.sink import WebSocketSink
 from app.sink.spool import Spool
@@ -34,7 +33,9 @@ class _Delivery:
 
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
-        self._batch_latency: dict[str, Histogram] = {}  # per source: labels() takes a lock
+        # Per source, written by the one thread that delivers the source's batches (the
+        # worker that reads the feed, or the spool's drainer): no lock, see OwnedHistogram.
+        self._batch_latency: dict[str, OwnedHistogram] = {}
 
     def __call__(self, items: list[Encoded], finished_at: float) -> None:
         oldest: dict[str, float] = {}
@@ -51,8 +52,9 @@ class _Delivery:
         for source, received_at in oldest.items():
             latency = self._batch_latency.get(source)
             if latency is None:
-                latency = self._batch_latency[source] = self._metrics.batch_latency.labels(source)
-            observe_one(latency, finished_at - received_at)
+                latency = self._batch_latency[source] = OwnedHistogram(
+                    self._metrics.batch_latency.labels(source))
+            latency.observe(finished_at - received_at)
 
 
 class _DeadLetters:

@@ -9,8 +9,8 @@ from app.metrics import (
     CONTROL_KINDS,
     LATENCY_BUCKETS,
     Metrics,
+    OwnedHistogram,
     observe_all,
-    observe_one,
 )
 from app.status import ConnectionStatus
 
@@ -87,7 +87,7 @@ def test_up_gauges_read_the_status_when_scraped():
     assert value("ingest_sink_up") == 1
 
 
-def test_observe_all_and_observe_one_count_as_observe_does():
+def test_observe_all_and_owned_histograms_count_as_observe_does():
     # They write prometheus-client's internals: the same series as observe, or they broke.
     values = [0.0, -1.0, 0.0005, 0.001, 0.0011, *LATENCY_BUCKETS, 29.9, 30.0, 31.0, 1e9,
               *(i / 997 for i in range(2000))]
@@ -95,10 +95,10 @@ def test_observe_all_and_observe_one_count_as_observe_does():
         CollectorRegistry(), CollectorRegistry(), CollectorRegistry())
     by_one = Metrics(one_by_one).message_latency
     at_once = Metrics(all_at_once).message_latency
-    ours_by_one = Metrics(ours_one_by_one).message_latency
+    ours_by_one = OwnedHistogram(Metrics(ours_one_by_one).message_latency)
     for value in values:
         by_one.observe(value)
-        observe_one(ours_by_one, value)
+        ours_by_one.observe(value)
     observe_all(at_once, values)
     observe_all(at_once, [])
 
@@ -112,19 +112,25 @@ def test_observe_all_and_observe_one_count_as_observe_does():
 
 
 def test_a_poll_counts_as_the_four_calls_it_stands_for():
-    by_calls, by_polled = CollectorRegistry(), CollectorRegistry()
-    feed, polled = Metrics(by_calls).feed("f"), Metrics(by_polled).feed("f")
+    # polled() writes values prometheus-client reads when scraped: the same series as its own
+    # inc, observe and set give, or it broke.
+    by_calls, by_polled = Metrics(CollectorRegistry()), Metrics(CollectorRegistry())
+    polled = by_polled.feed("f")
     for count, size, last in ((1, 200, 10.5), (7, 1400, 11.25), (1000, 10**6, 12.0)):
-        feed.received.inc(count)
-        feed.bytes.inc(size)
-        feed.batch_size.observe(count)
-        feed.last_message.set(last)
+        by_calls.messages_received.labels("f").inc(count)
+        by_calls.bytes_received.labels("f").inc(size)
+        by_calls.source_batch_size.labels("f").observe(count)
+        by_calls.source_last_message.labels("f").set(last)
         polled.polled(count, size, last)
 
-    def samples(registry: CollectorRegistry) -> list[tuple[str, dict[str, str], float]]:
-        return [(s.name, s.labels, s.value) for family in registry.collect()
+    def samples(metrics: Metrics) -> list[tuple[str, dict[str, str], float]]:
+        families = {"ingest_messages_received", "ingest_bytes_received",
+                    "ingest_source_batch_size", "ingest_source_last_message_timestamp_seconds"}
+        return [(s.name, s.labels, s.value) for family in metrics.registry.collect()
+                if family.name in families
                 for s in family.samples if not s.name.endswith("_created")]
 
     assert samples(by_calls) == samples(by_polled)
     assert ("ingest_source_last_message_timestamp_seconds", {"source": "f"}, 12.0) in (
         samples(by_polled))
+    assert ("ingest_messages_received_total", {"source": "f"}, 1008.0) in samples(by_polled)
