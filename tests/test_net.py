@@ -62,6 +62,16 @@ def test_the_websockets_internals_we_rely_on_are_still_there():
     assert "self.encoder.compress(frame.data) + self.encoder.flush(zlib.Z_SYNC_FLUSH)" in (
         inspect.getsource(PerMessageDeflate.encode))
     assert "secrets.token_bytes(4)" in inspect.getsource(websockets.frames.Frame.serialize)
+    # DirectConnection splits frames where websockets' parser waits for one, and fails a
+    # connection as that parser does (tests/test_net_direct.py checks the outcome).
+    parse = inspect.getsource(Protocol.parse)
+    for line in ("if (yield from self.reader.at_eof()):", "frame = yield from Frame.parse(",
+                 "self.fail(CloseCode.PROTOCOL_ERROR, str(exc))",
+                 "exc.set_current_size(self.current_size)",
+                 "self.fail(CloseCode.MESSAGE_TOO_BIG, str(exc))",
+                 "self.fail(CloseCode.INTERNAL_ERROR)", "self.parser_exc = exc"):
+        assert line in parse, line
+    assert "max_size" in inspect.signature(PerMessageDeflate.decode).parameters
 
 
 def _open(protocol: P, compression: bool) -> P:
