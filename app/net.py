@@ -274,6 +274,7 @@ class DirectConnection(ClientConnection):
         self._unsplit = bytearray()  # the start of a frame not yet received whole
         self._response_read = False
         self._response_tail = b""
+        self._last_message = b""
 
     def deliver_to(self, on_message: Callable[[bytes], None]) -> None:
         """From now on, every data message (text as UTF-8 bytes, or binary) goes to
@@ -356,6 +357,11 @@ class DirectConnection(ClientConnection):
                         return
                 offset = stop
                 self._on_message(message)
+                # Held until the next one, as websockets' parser holds its last frame: when a
+                # huge message's buffer was freed first, the next one's inflating ran ~40 %
+                # slower (15 MiB messages: 41 ms instead of 29; the memory comes back from the
+                # OS page by page), and a canary feed beside it waited that much longer.
+                self._last_message = message
         finally:
             del buffer[:offset]
 
