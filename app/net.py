@@ -324,26 +324,21 @@ class DirectConnection(ClientConnection):
                 if start > end:
                     break  # the rest of the header is still to come
                 stop = start + length
-                too_big = max_size is not None and length > max_size
-                if too_big or second & 0x80 or protocol.current_size is not None or not (
+                if max_size is not None and length > max_size:
+                    self._hand_over(buffer, offset, end)  # websockets refuses it by its header
+                    return
+                if stop > end:
+                    break  # the rest of the frame is still to come
+                if second & 0x80 or protocol.current_size is not None or not (
                         head in (0x81, 0x82) or (head in (0xC1, 0xC2) and deflate is not None)):
-                    if too_big:  # websockets refuses it from its header
-                        self._hand_over(buffer, offset, end)
-                        offset = end
-                        return
-                    if stop > end:
-                        break
                     # A frame for websockets, whole: control, fragment, any frame while a
-                    # message is in fragments, or one it refuses.
+                    # message is in fragments, or one it refuses (masked, reserved bits).
                     super().data_received(bytes(buffer[offset:stop]))
                     offset = stop
                     if protocol.state is not State.OPEN:  # closing: websockets takes it all
                         self._hand_over(buffer, offset, end)
-                        offset = end
                         return
                     continue
-                if stop > end:
-                    break
                 message = bytes(buffer[start:stop])
                 if head & 0x40:
                     assert deflate is not None
@@ -353,7 +348,6 @@ class DirectConnection(ClientConnection):
                     except Exception as exc:
                         self._fail_as_websockets_would(exc)
                         self._hand_over(buffer, stop, end)
-                        offset = end
                         return
                 offset = stop
                 self._on_message(message)
@@ -387,7 +381,7 @@ class DirectConnection(ClientConnection):
         protocol = self.protocol
         if (protocol.state is not State.OPEN
                 or protocol.max_fragment_size is not None or protocol.debug
-                or protocol.reader.buffer or self._unsplit):
+                or protocol.reader.buffer):
             return False
         if protocol.extensions and (len(protocol.extensions) > 1 or not isinstance(
                 protocol.extensions[0], PerMessageDeflate)):
@@ -398,7 +392,7 @@ class DirectConnection(ClientConnection):
         return parser.gi_code is StreamReader.at_eof.__code__
 
     def _hand_over(self, buffer: bytearray, offset: int, end: int) -> None:
-        """Stop splitting: websockets gets the rest of the stream."""
+        """Stop splitting: websockets gets the rest of the stream (the buffer is emptied)."""
         self._splitting = False
         rest = bytes(buffer[offset:end])
         del buffer[:]
