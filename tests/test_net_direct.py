@@ -58,19 +58,32 @@ def _server_side(client: Protocol) -> Protocol:
     return server
 
 
-def _run(stream_of: Callable[[Protocol], bytes], chunk: int, compression: bool = True
-         ) -> tuple[list[bytes], int | None, int]:
-    """Messages delivered, the close code sent (None: still open), and how many frames went
-    through websockets' own parser, for the stream `stream_of(server side)` fed in chunks."""
-    parsed = 0
+class _Parses:
+    """How many frames from the server websockets' own parser has parsed: so far, and when
+    `_run` stopped feeding (before the closing handshake)."""
+
+    count = 0
+    when_fed = 0
+
+
+@pytest.fixture
+def client_parses(monkeypatch: pytest.MonkeyPatch) -> _Parses:
+    parses = _Parses()
     real_parse = websockets.frames.Frame.parse
 
     def counting_parse(*args: Any, **kwargs: Any) -> Any:
-        nonlocal parsed
-        parsed += not kwargs["mask"]  # a frame from the server, parsed by the client
+        parses.count += not kwargs["mask"]  # a server's frame, parsed by the client
         return (yield from real_parse(*args, **kwargs))
 
-    async def run() -> tuple[list[bytes], int | None, int]:
+    monkeypatch.setattr(websockets.frames.Frame, "parse", counting_parse)
+    return parses
+
+
+def _run(stream_of: Callable[[Protocol], bytes], chunk: int, compression: bool = True,
+         parses: _Parses | None = None) -> tuple[list[bytes], int | None]:
+    """Messages delivered and the close code sent (None: still open), for the stream
+    `stream_of(server side)` fed to a real connection in chunks of `chunk` bytes."""
+    async def run() -> tuple[list[bytes], int | None]:
         async def silent(ws: ServerConnection) -> None:
             await ws.wait_closed()
 
@@ -83,14 +96,12 @@ def _run(stream_of: Callable[[Protocol], bytes], chunk: int, compression: bool =
                 stream = stream_of(_server_side(ws.protocol))
                 for start in range(0, len(stream), chunk):
                     ws.data_received(stream[start:start + chunk])
+                if parses is not None:
+                    parses.when_fed = parses.count
                 sent = ws.protocol.close_sent
-                return got, sent.code if sent else None, parsed
+                return got, sent.code if sent else None
 
-    websockets.frames.Frame.parse = counting_parse  # type: ignore[method-assign]
-    try:
-        return asyncio.run(run())
-    finally:
-        websockets.frames.Frame.parse = real_parse  # type: ignore[method-assign]
+    return asyncio.run(run())
 
 
 def _mixed(server: Protocol) -> bytes:
@@ -113,12 +124,12 @@ MIXED_MESSAGES = [b'{"a":1}', b"\x00\x01" * 100, b'{"b":' + b"2" * 70_000 + b"}"
 
 
 @pytest.mark.parametrize("chunk", [1, 2, 3, 7, 100, 1 << 20])
-def test_a_stream_cut_anywhere_arrives_whole_and_in_order(chunk: int):
-    got, code, parsed = _run(_mixed, chunk)
+def test_a_stream_cut_anywhere_arrives_whole_and_in_order(client_parses: _Parses, chunk: int):
+    got, code = _run(_mixed, chunk, parses=client_parses)
     assert code is None
     assert got == MIXED_MESSAGES
     # Only the ping and the two fragments went through websockets' parser.
-    assert parsed == 3
+    assert client_parses.when_fed == 3
 
 
 def _compressed(server: Protocol, payload: bytes) -> bytes:
@@ -153,29 +164,21 @@ def test_a_frame_websockets_refuses_closes_the_connection_with_its_code(
         before = _compressed(server, b'{"before":1}')
         return before + bad(server) + _frame(0x81, b'{"after":1}')
 
-    got, sent, _ = _run(stream, chunk)
+    got, sent = _run(stream, chunk)
     assert got == [b'{"before":1}']
     assert sent == code
 
 
 def test_without_compression_a_compressed_frame_is_refused():
-    got, sent, _ = _run(lambda s: _frame(0xC1, _raw_deflate(b'{"a":1}')), 3, compression=False)
+    got, sent = _run(lambda s: _frame(0xC1, _raw_deflate(b'{"a":1}')), 3, compression=False)
     assert got == []
     assert sent == CloseCode.PROTOCOL_ERROR
 
 
-def test_frames_in_the_handshakes_packet_are_split_from_the_first():
+def test_frames_in_the_handshakes_packet_are_split_from_the_first(client_parses: _Parses):
     # A feed that floods from the start: its first frames share a write with the handshake's
     # response, the last one cut in two. websockets reads the response; the frames are ours.
     frames = b"".join(_frame(0x81, b'{"n":%d}' % i) for i in range(50))
-    parsed = 0
-    real_parse = websockets.frames.Frame.parse
-
-    def counting_parse(*args: Any, **kwargs: Any) -> Any:
-        nonlocal parsed
-        parsed += 1
-        return (yield from real_parse(*args, **kwargs))
-
     async def handshake_then_flood(reader: asyncio.StreamReader,
                                    writer: asyncio.StreamWriter) -> None:
         request = await reader.readuntil(b"\r\n\r\n")
@@ -198,13 +201,8 @@ def test_frames_in_the_handshakes_packet_are_split_from_the_first():
                 got: list[bytes] = []
                 ws.deliver_to(got.append)
                 await until(lambda: len(got) == 50, 5, "50 messages")
-                assert parsed == 0
+                assert client_parses.count == 0
                 ws.transport.abort()
                 return got
 
-    websockets.frames.Frame.parse = counting_parse  # type: ignore[method-assign]
-    try:
-        got = asyncio.run(run())
-    finally:
-        websockets.frames.Frame.parse = real_parse  # type: ignore[method-assign]
-    assert got == [b'{"n":%d}' % i for i in range(50)]
+    assert asyncio.run(run()) == [b'{"n":%d}' % i for i in range(50)]
