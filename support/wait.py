@@ -35,3 +35,10 @@ async def until(condition: Callable[[], object], timeout: float = 20.0,
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out waiting for {message}")
         await asyncio.sleep(interval)
+
+
+async def past(deadline: Callable[[], float]) -> None:
+    """Until `time.monotonic()` reaches `deadline()`, a deadline that activity may push later
+    (a venue's idle limit): sleeps to the deadline as it stands, then looks again."""
+    while (left := deadline() - time.monotonic()) > 0:
+        await asyncio.sleep(left)

@@ -34,6 +34,7 @@ from typing import Any, ClassVar
 
 from websockets.asyncio.server import ServerConnection
 
+from support.wait import past
 from tests.venues._sim_b import Tasks, VenueSimulation, iso_now
 
 SYMBOLS = frozenset({"BTC/USD", "ETH/USD", "BTC/EUR", "SOL/USD"})
@@ -151,10 +152,9 @@ class KrakenSimulation(VenueSimulation):
 
     async def _heartbeats(self, ws: ServerConnection, quiet: _Quiet) -> None:
         while True:
-            await asyncio.sleep(self.HEARTBEAT_AFTER / 2)
-            if time.monotonic() - quiet.since >= self.HEARTBEAT_AFTER:
-                await self.send(ws, {"channel": "heartbeat"})
-                quiet.since = time.monotonic()
+            await past(lambda: quiet.since + self.HEARTBEAT_AFTER)
+            await self.send(ws, {"channel": "heartbeat"})
+            quiet.since = time.monotonic()
 
 
 SIMULATION = KrakenSimulation

@@ -24,7 +24,6 @@ Scale: 1/50 (18 s -> 0.36 s, 10 s -> 0.2 s).
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 import time
 from typing import Any, ClassVar
@@ -32,6 +31,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from websockets.http11 import Request
 
+from support.wait import past
 from tests.venues._sim_a import Session, SimulationBase, Tick, dumps, loads
 
 SYMBOLS = {"BTC-USDT": 60_000.0, "ETH-USDT": 3_000.0}
@@ -81,11 +81,8 @@ class KucoinSimulation(SimulationBase):
         await self.run(session, self._read(session), self._watch(session))
 
     async def _watch(self, session: Session) -> None:
-        limit = self.PING_INTERVAL + self.PING_TIMEOUT
-        while True:
-            await asyncio.sleep(limit / 10)
-            if time.monotonic() - session.last_recv > limit:
-                return await self.drop(session, "missed heartbeat (client silent)")
+        await past(lambda: session.last_recv + self.PING_INTERVAL + self.PING_TIMEOUT)
+        return await self.drop(session, "missed heartbeat (client silent)")
 
     async def _read(self, session: Session) -> None:
         async for message in session.ws:

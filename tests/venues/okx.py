@@ -20,11 +20,11 @@ Scale: 1/50 (30 s -> 0.6 s).
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 import time
 from typing import Any, ClassVar
 
+from support.wait import past
 from tests.venues._sim_a import Session, SimulationBase, Tick, dumps, loads
 
 INSTRUMENTS = {"BTC-USDT": 60_000.0, "ETH-USDT": 3_000.0}
@@ -111,17 +111,23 @@ class OkxSimulation(SimulationBase):
         return replies
 
     async def _watch(self, session: Session) -> None:
-        while True:
-            await asyncio.sleep(self.IDLE / 10)
-            now = time.monotonic()
+        # A notice comes while `past` sleeps; its grace ends no sooner than that sleep does.
+        assert self.NOTICE_GRACE >= self.IDLE
+
+        def closing_at() -> float:
             notice_at = session.state.get("notice_at")
-            if notice_at is not None and now - notice_at >= self.NOTICE_GRACE:
-                await session.ws.close(1001, "service upgrade")  # announced, not a violation
-                return
-            if not session.topics and now - session.opened > self.IDLE:
-                return await self.drop(session, "no subscribe")
-            if session.topics and now - session.last_sent > self.IDLE:
-                return await self.drop(session, "nothing pushed (missed heartbeat)")
+            idle_since = session.last_sent if session.topics else session.opened
+            return min(idle_since + self.IDLE,
+                       float("inf") if notice_at is None else notice_at + self.NOTICE_GRACE)
+
+        await past(closing_at)
+        notice_at = session.state.get("notice_at")
+        if notice_at is not None and time.monotonic() - notice_at >= self.NOTICE_GRACE:
+            await session.ws.close(1001, "service upgrade")  # announced, not a violation
+        elif not session.topics:
+            await self.drop(session, "no subscribe")
+        else:
+            await self.drop(session, "nothing pushed (missed heartbeat)")
 
     def frames_for(self, session: Session, tick: Tick) -> list[str | bytes]:
         cycle = self.ACTIVE + self.QUIET
