@@ -39,15 +39,15 @@ class _Delivery:
 
     def __call__(self, items: list[Encoded], finished_at: float) -> None:
         oldest: dict[str, float] = {}
+        latencies: list[float] = []
         count = 0
         for item in items:
             count += len(item.messages)
             if item.received:
+                latencies += [finished_at - received_at for received_at in item.received]
                 first = item.received[0]
                 oldest[item.source] = min(first, oldest.get(item.source, first))
-        observe_all(self._metrics.message_latency,
-                    [finished_at - received_at for item in items
-                     for received_at in item.received])
+        observe_all(self._metrics.message_latency, latencies)
         self._metrics.messages_sent.inc(count)
         for source, received_at in oldest.items():
             latency = self._batch_latency.get(source)

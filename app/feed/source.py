@@ -96,17 +96,16 @@ class _FeedsPartition(StatefulSourcePartition[Poll, None]):
             # Frames may also have arrived in the loop's last turn, after the timeout fired (one
             # slow turn, e.g. a large frame to inflate, is enough): they are taken all the same.
             chunks = self._take() if self._ready else []
-        now = datetime.now(timezone.utc)
         if not chunks:
             # Nothing within the poll's timeout: give the worker's other steps a turn.
-            self._next_awake = now + self._options.batch_timeout
+            self._next_awake = datetime.now(timezone.utc) + self._options.batch_timeout
         elif self._options.linger and all(
                 len(chunk.frames) < self._options.batch_size for chunk in chunks):
             # The operator traded latency for fewer, larger batches (each poll and sink write
             # has a fixed cost): let more arrive before the next poll.
-            self._next_awake = now + self._options.linger
+            self._next_awake = datetime.now(timezone.utc) + self._options.linger
         else:
-            self._next_awake = None
+            self._next_awake = None  # polled again at once: no clock read on the busy path
         return [chunks] if chunks else []
 
     def _drain(self) -> list[Poll]:
