@@ -6,7 +6,9 @@ For each case a load generator and a receiver run in processes of their own; the
 test (the service, `python -m app`, or the baseline, `python -m bench.baseline`) runs between
 them. Figures: messages/s at saturation (first to last arrival at the receiver), end-to-end
 latency at a fixed offered rate, peak RSS, CPU seconds per million messages (start-up
-excluded), and the ratios service / baseline. All traffic stays on 127.0.0.1.
+excluded), and the ratios service / baseline; then the CPU ratios of the rate-limited cases
+again, as the median of a few short back-to-back pairs (`--rounds`). All traffic stays on
+127.0.0.1.
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -303,6 +306,33 @@ def cases(quick: bool) -> list[Case]:
     ]
 
 
+ROUND_CASES = ("5000 msg/s", "1000 feeds x 10 msg/s", "1000 feeds: 999 idle + 1 at 5000 msg/s")
+"""The CPU ratios measured again in rounds (see `ratio_rounds`)."""
+
+
+def ratio_rounds(all_cases: list[Case], rounds: int, seconds: float) -> dict[str, Any]:
+    """CPU per message, service / baseline, for each of ROUND_CASES, measured again in `rounds`
+    short pairs run back to back, which of the two goes first alternating. This machine's speed
+    drifts by 10-15 % from one minute to the next, for both relays alike, so a single pair can
+    land on either side of a bound: the median of the rounds' ratios is the figure to quote."""
+    figures: dict[str, Any] = {}
+    for name in ROUND_CASES:
+        pair = {case.relay: case for case in all_cases if case.name == name and not case.spool}
+        shortened = {relay: replace(case, count=max(1, round(case.rate * seconds)))
+                     for relay, case in pair.items()}
+        cpu: dict[str, list[float]] = {"service": [], "baseline": []}
+        for index in range(rounds):
+            order = ("baseline", "service") if index % 2 == 0 else ("service", "baseline")
+            for relay in order:
+                cpu[relay].append(run_case(shortened[relay])["cpu_s_per_million"])
+        each = [round(s / b, 2) for s, b in zip(cpu["service"], cpu["baseline"], strict=True)]
+        figures[name] = {"ratios": each, "median": round(statistics.median(each), 2),
+                         "service_cpu_s_per_million": cpu["service"],
+                         "baseline_cpu_s_per_million": cpu["baseline"]}
+        print(json.dumps({"rounds": name, **figures[name]}), flush=True)
+    return figures
+
+
 def print_table(rows: list[dict[str, Any]]) -> None:
     columns = ["case", "relay", "messages_per_s", "latency_p50_ms", "latency_p99_ms",
                "latency_max_ms", "peak_rss_mib", "cpu_s_per_million", "cores_used",
@@ -367,9 +397,13 @@ def main() -> None:
     parser.add_argument("--only", help="run only the cases whose name and relay (with "
                         "' spool' for the spool cases) contain this")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--rounds", type=int, help="pairs per CPU ratio measured again in "
+                        "rounds after the cases (default 3, --quick 1; 0: none)")
     args = parser.parse_args()
+    rounds = args.rounds if args.rounds is not None else (1 if args.quick else 3)
+    all_cases = cases(args.quick)
     rows = []
-    for case in cases(args.quick):
+    for case in all_cases:
         if args.only and args.only not in f"{case.name} {case.relay}{' spool' * case.spool}":
             continue
         rows.append(run_case(case))
@@ -386,6 +420,12 @@ def main() -> None:
         print()
         for name, value in summary["ratios"].items():
             print(f"{name}: {value}")
+        if rounds:
+            summary["ratio_rounds"] = ratio_rounds(all_cases, rounds, 5 if args.quick else 10)
+            print(f"\nCPU per message service/baseline, {rounds} more rounds of "
+                  f"{5 if args.quick else 10} s (median, each):")
+            for name, figures in summary["ratio_rounds"].items():
+                print(f"{name}: {figures['median']} {figures['ratios']}")
     out = args.out or ROOT / "bench" / "results" / f"{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=2))
