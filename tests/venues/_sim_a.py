@@ -1,10 +1,10 @@
 """The machinery shared by the OKX, HTX, Binance, Bybit and KuCoin simulations.
 
-Owns what is not venue protocol: a websockets server on 127.0.0.1 (port 0) in a thread of its own
-with its own asyncio loop, one `Session` per connection (an outbox drained by a sender task), one
-market clock that numbers events for every subscriber alike (so two connections of one client see
-the same upstream sequence, as on a real venue), the counters of the common interface, and the few
-helpers the self-tests share (loading `config/venues/<venue>.env`, waiting on a condition).
+Owns what is not venue protocol beyond `_sim.VenueServer` (server, loop thread, path check,
+counters): one `Session` per connection (an outbox drained by a sender task), one market clock
+that numbers events for every subscriber alike (so two connections of one client see the same
+upstream sequence, as on a real venue), and the few helpers the self-tests share (loading
+`config/venues/<venue>.env`, waiting on a condition).
 Each venue module supplies the protocol: `session()` (its reader, heartbeat rule and watchdogs)
 and `frames_for()` (its data frames for one market event).
 """
@@ -15,18 +15,18 @@ import asyncio
 import contextlib
 import gzip
 import json
-import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 from dotenv import dotenv_values
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.asyncio.server import Server, ServerConnection
 from websockets.exceptions import ConnectionClosed
-from websockets.http11 import Request, Response
+
+from tests.venues._sim import VenueServer
 
 ROOT = Path(__file__).resolve().parents[2]
 # Keys of a feed that FeedSettings takes today; the venue keys are being added (CONTRACT.md).
@@ -59,72 +59,20 @@ class Session:
     state: dict[str, Any] = field(default_factory=dict)
 
 
-class SimulationBase:
-    """Server, thread, loop, counters and market clock; venues subclass it."""
+class SimulationBase(VenueServer):
+    """Sessions, their senders and the market clock; venues subclass it."""
 
-    name: ClassVar[str] = ""
-    PATH: ClassVar[str] = "/"
     RATE: ClassVar[float] = 25.0  # market events per second, each one frame per subscription
+    SERVE_OPTIONS: ClassVar[dict[str, Any]] = {"compression": None, "close_timeout": 0.5}
 
     def __init__(self) -> None:
-        self.connections = 0
-        self.dropped: list[str] = []
-        self.pings_sent = 0
-        self.pings_answered = 0
-        self.client_heartbeats = 0
-        self.data_sent = 0
-        self.subscriptions = 0
-        self.port = 0
+        super().__init__()
         self.sessions: list[Session] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._server: Server | None = None
-        self._clock: asyncio.Task[None] | None = None
+        self._clock: asyncio.Task[None] | None = None  # cancelled by close() with the rest
 
-    # -- lifecycle (test thread) ---------------------------------------------------------------
-
-    def start(self) -> str:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        self._thread = threading.Thread(target=loop.run_forever, name=f"sim-{self.name}",
-                                        daemon=True)
-        self._thread.start()
-        self._server = self.call(self._serve())
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self.url()
-
-    def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}{self.PATH}"
-
-    def close(self) -> None:
-        if self._loop is None or self._thread is None:
-            return
-
-        async def stop() -> None:
-            if self._clock is not None:
-                self._clock.cancel()
-            if self._server is not None:
-                self._server.close()
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._server.wait_closed(), 5)
-            # Whatever is left (a handler stuck on a client that stopped reading) ends here.
-            left = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
-            for task in left:
-                task.cancel()
-            await asyncio.gather(*left, return_exceptions=True)
-
-        with contextlib.suppress(Exception):
-            self.call(stop(), timeout=10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
-        if not self._thread.is_alive():
-            self._loop.close()
-        self._loop = None
-
-    def call(self, coroutine: Coroutine[Any, Any, Any], timeout: float = 5) -> Any:
-        """Run a coroutine in the simulation's loop and wait for its result."""
-        assert self._loop is not None, "start() first"
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
+    async def _serve(self) -> Server:
+        self._clock = asyncio.get_running_loop().create_task(self._market())
+        return await super()._serve()
 
     def send_to_all(self, frames: Callable[[Session], list[str | bytes]]) -> None:
         """Queue control frames (notices) on every open connection, from the test thread."""
@@ -136,31 +84,11 @@ class SimulationBase:
 
         self.call(queue())
 
-    # -- the server (simulation loop) -------------------------------------------------------
-
-    async def _serve(self) -> Server:
-        self._clock = asyncio.get_running_loop().create_task(self._market())
-        return await serve(self._handler, "127.0.0.1", 0, process_request=self._check_request,
-                           ping_interval=None, compression=None, close_timeout=0.5)
-
-    def _check_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        problem = self.check_request(request)
-        return None if problem is None else connection.respond(*problem)
-
-    def check_request(self, request: Request) -> tuple[int, str] | None:
-        """(status, body) to refuse the handshake, as the venue does; None to accept it."""
-        if request.path.split("?")[0] != self.PATH:
-            return 404, "Not Found\n"
-        return None
-
-    async def _handler(self, ws: ServerConnection) -> None:
-        self.connections += 1
+    async def handle(self, ws: ServerConnection) -> None:
         session = Session(ws)
         self.sessions.append(session)
         try:
             await self.session(session)
-        except ConnectionClosed:
-            pass
         finally:
             self.sessions.remove(session)
 
@@ -188,11 +116,6 @@ class SimulationBase:
     async def send(self, session: Session, frame: str | bytes) -> None:
         await session.ws.send(frame)
         session.last_sent = time.monotonic()
-
-    async def drop(self, session: Session, why: str, code: int = 1000, reason: str = "") -> None:
-        """Close a connection that broke a venue rule, recording why."""
-        self.dropped.append(why)
-        await session.ws.close(code, reason)
 
     async def _market(self) -> None:
         n = 0

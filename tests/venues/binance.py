@@ -90,7 +90,7 @@ class BinanceSimulation(SimulationBase):
                 return await session.ws.close(1001, "server shutdown")
             pings[:] = [(sent, waiter) for sent, waiter in pings if not waiter.done()]
             if pings and now - pings[0][0] >= self.PONG_WITHIN:
-                return await self.drop(session, "missed heartbeat (no pong within a minute)")
+                return await self.drop(session.ws, "missed heartbeat (no pong within a minute)")
             waiter = asyncio.ensure_future(await session.ws.ping(str(self.pings_sent).encode()))
             waiter.add_done_callback(self._answered)
             pings.append((now, waiter))

@@ -63,7 +63,7 @@ class BybitSimulation(SimulationBase):
         while True:
             await asyncio.sleep(self.SCAN)
             if time.monotonic() - session.last_sent > self.IDLE_CUT:
-                return await self.drop(session, "no ping-pong and no data for 10 minutes")
+                return await self.drop(session.ws, "no ping-pong and no data for 10 minutes")
 
     async def _read(self, session: Session) -> None:
         async for message in session.ws:

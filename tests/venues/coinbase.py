@@ -49,7 +49,7 @@ class CoinbaseSimulation(VenueSimulation):
     DATA_PERIOD: ClassVar[float] = 0.04
 
     def feed_overrides(self) -> dict[str, Any]:
-        return {"url": self.url, "idle_timeout": 5 * self.HEARTBEAT_PERIOD,
+        return {"url": self.url(), "idle_timeout": 5 * self.HEARTBEAT_PERIOD,
                 "subscribe_ack": {"expect": {"type": "subscriptions"},
                                   "error": {"type": "error"}, "timeout": 1}}
 

@@ -65,7 +65,7 @@ class CryptocomSimulation(VenueSimulation):
     DATA_PERIOD: ClassVar[float] = 0.04
 
     def feed_overrides(self) -> dict[str, Any]:
-        return {"url": self.url, "idle_timeout": 2 * self.HEARTBEAT_PERIOD,
+        return {"url": self.url(), "idle_timeout": 2 * self.HEARTBEAT_PERIOD,
                 "subscribe_ack": {"expect": {"id": 1, "method": "subscribe", "code": 0},
                                   "error": {"id": 1, "method": "subscribe", "message": "*"},
                                   "timeout": 1}}

@@ -51,7 +51,7 @@ class DeribitSimulation(VenueSimulation):
     DATA_PERIOD: ClassVar[float] = 0.04
 
     def feed_overrides(self) -> dict[str, Any]:
-        return {"url": self.url, "subscribe": [
+        return {"url": self.url(), "subscribe": [
             {"jsonrpc": "2.0", "id": 1, "method": "public/set_heartbeat",
              "params": {"interval": self.MIN_INTERVAL}},
             {"jsonrpc": "2.0", "id": 2, "method": "public/subscribe",

@@ -64,7 +64,7 @@ class HtxSimulation(SimulationBase):
             await asyncio.sleep(self.PING_EVERY)
             outstanding: list[int] = session.state["outstanding"]
             if len(outstanding) >= self.MISSED:
-                return await self.drop(session, "missed heartbeat")
+                return await self.drop(session.ws, "missed heartbeat")
             outstanding.append(ping := _now())
             self.pings_sent += 1
             await self.send(session, dumps({"ping": ping}))

@@ -57,7 +57,7 @@ class KrakenSimulation(VenueSimulation):
     QUIET: ClassVar[float] = 0.35
 
     def feed_overrides(self) -> dict[str, Any]:
-        return {"url": self.url, "idle_timeout": 5 * self.HEARTBEAT_AFTER,
+        return {"url": self.url(), "idle_timeout": 5 * self.HEARTBEAT_AFTER,
                 "heartbeat": {"send": {"method": "ping", "req_id": 100}, "interval": 0.2,
                               "expect": {"method": "pong"}, "timeout": 0.2},
                 "subscribe_ack": {"expect": {"method": "subscribe", "success": True},

@@ -76,13 +76,13 @@ class KucoinSimulation(SimulationBase):
         if query.get("token", [""])[0] != self.token:
             await self.send(session, dumps({"id": connect_id, "type": "error", "code": 401,
                                             "data": "token is invalid"}))
-            return await self.drop(session, "bad token")
+            return await self.drop(session.ws, "bad token")
         await self.send(session, dumps({"id": connect_id, "type": "welcome"}))
         await self.run(session, self._read(session), self._watch(session))
 
     async def _watch(self, session: Session) -> None:
         await past(lambda: session.last_recv + self.PING_INTERVAL + self.PING_TIMEOUT)
-        return await self.drop(session, "missed heartbeat (client silent)")
+        return await self.drop(session.ws, "missed heartbeat (client silent)")
 
     async def _read(self, session: Session) -> None:
         async for message in session.ws:

@@ -125,9 +125,9 @@ class OkxSimulation(SimulationBase):
         if notice_at is not None and time.monotonic() - notice_at >= self.NOTICE_GRACE:
             await session.ws.close(1001, "service upgrade")  # announced, not a violation
         elif not session.topics:
-            await self.drop(session, "no subscribe")
+            await self.drop(session.ws, "no subscribe")
         else:
-            await self.drop(session, "nothing pushed (missed heartbeat)")
+            await self.drop(session.ws, "nothing pushed (missed heartbeat)")
 
     def frames_for(self, session: Session, tick: Tick) -> list[str | bytes]:
         cycle = self.ACTIVE + self.QUIET

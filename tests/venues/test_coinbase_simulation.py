@@ -72,7 +72,7 @@ def test_ticker_frames_have_the_documented_fields(sim: CoinbaseSimulation) -> No
 def test_client_that_does_not_subscribe_is_dropped(sim: CoinbaseSimulation) -> None:
     async def silent() -> tuple[int | None, float]:
         started = time.monotonic()
-        async with connect(sim.url) as ws:
+        async with connect(sim.url()) as ws:
             await asyncio.wait_for(ws.wait_closed(), 3)
             return ws.close_code, time.monotonic() - started
 
