@@ -421,9 +421,10 @@ def main() -> None:
         for name, value in summary["ratios"].items():
             print(f"{name}: {value}")
         if rounds:
-            summary["ratio_rounds"] = ratio_rounds(all_cases, rounds, 5 if args.quick else 10)
-            print(f"\nCPU per message service/baseline, {rounds} more rounds of "
-                  f"{5 if args.quick else 10} s (median, each):")
+            seconds = 5 if args.quick else 10
+            summary["ratio_rounds"] = ratio_rounds(all_cases, rounds, seconds)
+            print(f"\nCPU per message service/baseline, {rounds} more rounds of {seconds} s "
+                  "(median, each):")
             for name, figures in summary["ratio_rounds"].items():
                 print(f"{name}: {figures['median']} {figures['ratios']}")
     out = args.out or ROOT / "bench" / "results" / f"{time.strftime('%Y%m%d-%H%M%S')}.json"

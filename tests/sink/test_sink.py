@@ -191,6 +191,15 @@ def test_a_sink_with_a_smaller_limit_refuses_one_frame_and_the_rest_flows(server
         sink.close()
 
 
+def _partition(url: str, metrics: Metrics, confirm: str, **options: float) -> _SinkPartition:
+    """A sink partition in this process (worker 0), message framing."""
+    settings = SinkOptions(name="sink", url=url, headers={}, framing="message", confirm=confirm,
+                           max_message_bytes=1 << 20, reconnect=Backoff(0.05, 0.1),
+                           shutdown_timeout_s=5, **options)
+    return _SinkPartition(settings, ConnectionStatus(), metrics, threading.Event(),
+                          _Delivery(metrics), 0)
+
+
 def test_a_pong_that_never_comes_fails_the_write_after_ping_timeout_and_it_is_resent():
     # The network path to the sink freezes (nothing the service sends arrives, the connection
     # stays open): only the missing pong tells. After ping_timeout the connection is dropped
@@ -198,12 +207,7 @@ def test_a_pong_that_never_comes_fails_the_write_after_ping_timeout_and_it_is_re
     sink = Sink()
     proxy = CuttingProxy(sink.server.port)
     metrics = Metrics(CollectorRegistry())
-    options = SinkOptions(name="sink", url=f"ws://127.0.0.1:{proxy.port}", headers={},
-                          framing="message", confirm="ping", max_message_bytes=1 << 20,
-                          reconnect=Backoff(0.05, 0.1), shutdown_timeout_s=5,
-                          ping_timeout_s=0.5)
-    partition = _SinkPartition(options, ConnectionStatus(), metrics, threading.Event(),
-                               _Delivery(metrics), 0)
+    partition = _partition(f"ws://127.0.0.1:{proxy.port}", metrics, "ping", ping_timeout_s=0.5)
     try:
         envelope = json.dumps({"source": "f", "seq": 1, "data": {}}).encode()
         batch = [[Encoded("f", [envelope], [time.time()], [1])]]
@@ -228,12 +232,7 @@ def test_writes_leave_no_reference_cycles(confirm):
     # feed of the worker: with 1 000 feeds, the cycle each write left (9 objects) made a
     # collection every few dozen writes. Collected by hand here (the collector off meanwhile).
     sink = Sink(ack=confirm == "ack")
-    metrics = Metrics(CollectorRegistry())
-    options = SinkOptions(name="sink", url=sink.url, headers={}, framing="message",
-                          confirm=confirm, max_message_bytes=1 << 20,
-                          reconnect=Backoff(0.05, 0.1), shutdown_timeout_s=5)
-    partition = _SinkPartition(options, ConnectionStatus(), metrics, threading.Event(),
-                               _Delivery(metrics), 0)
+    partition = _partition(sink.url, Metrics(CollectorRegistry()), confirm)
     envelope = json.dumps({"source": "f", "seq": 1, "data": {}}).encode()
     batch = [[Encoded("f", [envelope] * 3, [time.time()] * 3, [1, 2, 3])]]
     try:
